@@ -1,0 +1,1 @@
+"""Deep-RL searchers: hierarchical AutoQ-style and flat HAQ-style agents (stable-baselines3)."""

@@ -1,0 +1,33 @@
+"""Cost models.  The cost of a policy is computed here and nowhere else.
+
+Built-ins: ``size`` (bits), ``bops``, ``energy`` (pJ, 45 nm), ``bitfusion`` (ms on a
+Bit Fusion style accelerator) and ``latency`` (a measured table: see
+:class:`LatencyTableCost`).
+"""
+
+from __future__ import annotations
+
+from ..errors import CostModelError
+from .base import CostModel, effective_act_bits, unit_cost_table
+from .models import BitfusionCost, BopsCost, EnergyCost, SizeCost
+from .tables import LatencyTableCost, TableCost
+
+ANALYTIC = {"size": SizeCost, "bops": BopsCost, "energy": EnergyCost, "bitfusion": BitfusionCost}
+COST_NAMES = tuple(ANALYTIC) + ("latency",)
+
+
+def make_cost_model(name: str, *, latency_table: str | None = None) -> CostModel:
+    """A cost model by name; ``latency`` needs a measured table file."""
+    if name in ANALYTIC:
+        return ANALYTIC[name]()
+    if name == "latency":
+        if not latency_table:
+            raise CostModelError("a 'latency' budget needs a measured table: pass --latency-table FILE "
+                                 "(see 'bitsearch latency template'), or budget the analytic "
+                                 "accelerator model with bitfusion=...")
+        return LatencyTableCost.load(latency_table)
+    raise CostModelError(f"unknown cost {name!r}: known costs are {', '.join(COST_NAMES)}")
+
+
+__all__ = ["CostModel", "SizeCost", "BopsCost", "EnergyCost", "BitfusionCost", "LatencyTableCost",
+           "TableCost", "make_cost_model", "unit_cost_table", "effective_act_bits", "ANALYTIC", "COST_NAMES"]

@@ -1,0 +1,112 @@
+"""The built-in analytic cost models: size, BOPs, energy and Bit Fusion latency."""
+
+from __future__ import annotations
+
+import math
+
+from ..space import FLOAT_BITS, Layer
+from .base import CostModel, effective_act_bits
+
+
+class SizeCost(CostModel):
+    """Model size in bits: every weight at its width, one ``scale_bits`` scale per
+    quantized kernel (per-channel scales), and the bias in 32-bit float.
+
+    A float layer (``weight_bits >= 32``) has no scales.
+    """
+
+    name = "size"
+    unit = "bit"
+
+    def __init__(self, scale_bits: int = 32):
+        self.scale_bits = int(scale_bits)
+
+    def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
+        scales = 0 if weight_bits >= FLOAT_BITS else layer.kernels * self.scale_bits
+        return float(layer.params * weight_bits + scales + layer.bias_params * FLOAT_BITS)
+
+
+class BopsCost(CostModel):
+    """Bit operations per sample: MACs x weight bits x activation bits (float: 32)."""
+
+    name = "bops"
+    unit = "BOPs"
+
+    def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
+        return float(layer.macs * weight_bits * effective_act_bits(act_bits))
+
+
+# 45 nm energies per operation, pJ (Horowitz, "Computing's energy problem", ISSCC 2014).
+INT_ADD_PJ = {8: 0.03, 16: 0.05, 32: 0.1}
+INT_MULT_PJ = {8: 0.2, 32: 3.1}
+FP32_ADD_PJ = 0.9
+FP32_MULT_PJ = 3.7
+SRAM_READ_32BIT_PJ = 5.0     # 32-bit read from an 8 KB SRAM
+DRAM_READ_32BIT_PJ = 640.0   # 32-bit read from DRAM
+# An integer multiplier's energy grows with the product of its operand widths.  We fit
+# e(w, a) = 0.2 pJ * (w * a / 64) ** p through both table points (8x8 and 32x32 bits).
+_MULT_EXPONENT = math.log(INT_MULT_PJ[32] / INT_MULT_PJ[8]) / math.log(32 * 32 / 64)
+
+
+def int_mult_energy(weight_bits: int, act_bits: int) -> float:
+    return INT_MULT_PJ[8] * (weight_bits * act_bits / 64.0) ** _MULT_EXPONENT
+
+
+def int_add_energy(bits: int) -> float:
+    """Adder energy, linear between the table points 8/16/32 bits (proportional below 8)."""
+    bits = min(max(bits, 1), 32)
+    if bits <= 8:
+        return INT_ADD_PJ[8] * bits / 8
+    lo, hi = (8, 16) if bits <= 16 else (16, 32)
+    t = (bits - lo) / (hi - lo)
+    return INT_ADD_PJ[lo] + t * (INT_ADD_PJ[hi] - INT_ADD_PJ[lo])
+
+
+class EnergyCost(CostModel):
+    """Energy per sample in pJ on a 45 nm process (Horowitz, ISSCC 2014).
+
+    Per layer: every MAC pays one multiplication at (w, a) bits and one accumulation
+    at the accumulator width ``min(32, w + a + ceil(log2(fan-in)))``; every MAC reads
+    its two operands (w + a bits) from an 8 KB SRAM, charged per 32 bits; every weight
+    is read once from DRAM (w bits, charged per 32 bits).  With float activations the
+    MAC is a fp32 multiply-add on dequantized weights.
+    """
+
+    name = "energy"
+    unit = "pJ"
+
+    def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
+        fan_in = max(1, layer.params // max(1, layer.kernels))
+        if act_bits is None:
+            compute = FP32_MULT_PJ + FP32_ADD_PJ
+            operand_bits = weight_bits + FLOAT_BITS
+        else:
+            acc_bits = min(32, weight_bits + act_bits + math.ceil(math.log2(fan_in)))
+            compute = int_mult_energy(weight_bits, act_bits) + int_add_energy(acc_bits)
+            operand_bits = weight_bits + act_bits
+        sram = layer.macs * operand_bits / 32.0 * SRAM_READ_32BIT_PJ
+        dram = layer.params * weight_bits / 32.0 * DRAM_READ_32BIT_PJ
+        return layer.macs * compute + sram + dram
+
+
+class BitfusionCost(CostModel):
+    """Latency in ms on a Bit Fusion style bit-flexible accelerator.
+
+    Each fusion unit does ``16 / (ceil(w/2) * ceil(a/2))`` MACs per cycle (2-bit
+    BitBricks); defaults follow the Bit Fusion paper: 512 fusion units at 500 MHz.
+    Widths above 16 are charged as 16 (the widest the array composes), float
+    activations included.
+    """
+
+    name = "bitfusion"
+    unit = "ms"
+
+    def __init__(self, fusion_units: int = 512, clock_hz: float = 500e6):
+        self.fusion_units = int(fusion_units)
+        self.clock_hz = float(clock_hz)
+
+    def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
+        w = min(weight_bits, 16)
+        a = min(effective_act_bits(act_bits), 16)
+        cycles = layer.macs * math.ceil(w / 2) * math.ceil(a / 2) / (16.0 * self.fusion_units)
+        return cycles / self.clock_hz * 1e3

@@ -1,0 +1,93 @@
+"""Typed errors of bitsearch.
+
+Every error a user can cause derives from :class:`UserInputError`; the command line
+turns those into one readable line on stderr and exit code 2.  Anything else is a bug
+(exit code 1).  Messages say what was wrong, what was expected, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class BitsearchError(Exception):
+    """Base class of every error raised on purpose by bitsearch."""
+
+
+class UserInputError(BitsearchError):
+    """Bad input: a file, a flag, a name or a number the user gave.  Exit code 2."""
+
+
+class SpaceError(UserInputError):
+    """A search space that is inconsistent (unknown tied layer, bad bit choices...)."""
+
+
+class PolicyError(UserInputError):
+    """A policy that does not fit its space, or a malformed policy file.
+
+    ``problems`` lists every problem found, so a user fixes them in one go.
+    """
+
+    def __init__(self, problems, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            message = f"{where}{self.problems[0]}"
+        else:
+            shown = "; ".join(self.problems[:8])
+            more = f"; and {len(self.problems) - 8} more" if len(self.problems) > 8 else ""
+            message = f"{where}{len(self.problems)} problems: {shown}{more}"
+        super().__init__(message)
+
+
+class BudgetParseError(UserInputError):
+    """A budget string that does not parse (``size=1.2MB`` is the expected form)."""
+
+
+class InfeasibleBudgetError(UserInputError):
+    """No policy of the space meets the budget(s).
+
+    ``cheapest`` is the lowest cost any policy of the space can reach for ``cost``.
+    """
+
+    def __init__(self, message: str, *, cost: str | None = None,
+                 limit: float | None = None, cheapest: float | None = None,
+                 unit: str | None = None):
+        self.cost = cost
+        self.limit = limit
+        self.cheapest = cheapest
+        self.unit = unit
+        super().__init__(message)
+
+
+class CostModelError(UserInputError):
+    """An unknown cost model, or a cost model that cannot price a layer."""
+
+
+class LatencyTableError(CostModelError):
+    """A latency table that is malformed or misses an entry the space needs."""
+
+
+class UnknownTaskError(UserInputError):
+    """A task name that is neither built in nor an importable ``module:factory``."""
+
+
+class UnknownSearcherError(UserInputError):
+    """A searcher name that the registry does not know."""
+
+
+class SearcherSettingsError(UserInputError):
+    """A searcher got settings it does not accept, or a space it cannot handle."""
+
+
+class SpaceTooLargeError(SearcherSettingsError):
+    """A space too large for an enumerating searcher."""
+
+
+class ProblemFileError(UserInputError):
+    """A tabular problem file that is malformed."""
+
+
+class TaskError(UserInputError):
+    """A task factory that returned something unusable."""

@@ -1,0 +1,352 @@
+"""Policies: the widths chosen for every layer, and their versioned JSON form.
+
+A :class:`Policy` is frozen and hashable; two policies are equal when they choose the
+same widths for the same layers, whatever metadata (costs, metrics, search facts) they
+carry.  ``policy.key`` is a stable hash of the widths, used by caches and journals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import PolicyError
+from .space import SearchSpace
+
+SCHEMA = "bitsearch-policy"
+SCHEMA_VERSION = 1
+# fields whose values depend on wall-clock time: left out of canonical_json()
+TIMING_FIELDS = ("seconds",)
+
+
+@dataclass(frozen=True)
+class LayerBits:
+    """Widths of one layer: ``weight_bits`` an int, or a tuple with one int per kernel;
+    ``act_bits`` an int, or None for float activations."""
+
+    weight_bits: int | tuple[int, ...]
+    act_bits: int | None
+
+    def __post_init__(self):
+        w = self.weight_bits
+        if isinstance(w, (list, tuple)):
+            w = tuple(int(b) for b in w)
+        elif w is not None:
+            w = int(w)
+        object.__setattr__(self, "weight_bits", w)
+        if self.act_bits is not None:
+            object.__setattr__(self, "act_bits", int(self.act_bits))
+
+    @property
+    def per_kernel(self) -> bool:
+        return isinstance(self.weight_bits, tuple)
+
+    def kernel_bits(self, kernels: int) -> tuple[int, ...]:
+        """The width of each kernel (an int width is repeated ``kernels`` times)."""
+        if self.per_kernel:
+            return self.weight_bits
+        return (self.weight_bits,) * kernels
+
+    @property
+    def max_weight_bits(self) -> int:
+        return max(self.weight_bits) if self.per_kernel else self.weight_bits
+
+    @property
+    def mean_weight_bits(self) -> float:
+        return sum(self.weight_bits) / len(self.weight_bits) if self.per_kernel else float(self.weight_bits)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Widths for every layer, plus metadata.
+
+    ``bits``: ordered ``(layer name, LayerBits)`` pairs (the layer order of the space).
+    ``meta``: the optional JSON sections (``model``, ``budgets``, ``costs``,
+    ``metrics``, ``search``); it does not take part in equality or hashing.
+    """
+
+    bits: tuple[tuple[str, LayerBits], ...]
+    granularity: str = "layer"
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        bits = self.bits.items() if isinstance(self.bits, Mapping) else self.bits
+        object.__setattr__(self, "bits", tuple((str(n), b) for n, b in bits))
+        object.__setattr__(self, "meta", dict(self.meta))
+
+    # --- access -----------------------------------------------------------------------
+    def __getitem__(self, name: str) -> LayerBits:
+        for n, b in self.bits:
+            if n == name:
+                return b
+        raise KeyError(name)
+
+    def as_dict(self) -> dict[str, LayerBits]:
+        return dict(self.bits)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.bits)
+
+    @property
+    def key(self) -> str:
+        """A stable hash of the widths (not of the metadata)."""
+        payload = json.dumps([[n, list(b.weight_bits) if b.per_kernel else b.weight_bits, b.act_bits]
+                              for n, b in self.bits], separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    def with_meta(self, **sections) -> "Policy":
+        meta = dict(self.meta)
+        meta.update({k: v for k, v in sections.items()})
+        return replace(self, meta=meta)
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def uniform(cls, space: SearchSpace, weight_bits: int, act_bits: int | None | str = "default") -> "Policy":
+        """Every free layer at ``weight_bits`` (and ``act_bits``); pinned layers as pinned.
+
+        ``act_bits='default'`` takes the widest activation choice of the space.
+        """
+        if act_bits == "default":
+            act_bits = None if space.act_bits is None else max(space.act_bits)
+        pins = space.pins
+        bits = []
+        for layer in space.layers:
+            if layer.name in pins:
+                pin = pins[layer.name]
+                bits.append((layer.name, _layer_bits(space, layer.kernels, pin.weight_bits, pin.act_bits)))
+            else:
+                bits.append((layer.name, _layer_bits(space, layer.kernels, weight_bits, act_bits)))
+        return cls(tuple(bits), space.granularity,
+                   {"model": {"name": space.model_name, "fingerprint": space.fingerprint}})
+
+    # --- JSON ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION}
+        if "model" in self.meta:
+            out["model"] = self.meta["model"]
+        out["granularity"] = self.granularity
+        out["layers"] = {n: {"weight_bits": list(b.weight_bits) if b.per_kernel else b.weight_bits,
+                             "act_bits": b.act_bits} for n, b in self.bits}
+        for section in ("budgets", "costs", "metrics", "search"):
+            if section in self.meta:
+                out[section] = self.meta[section]
+        for section, value in self.meta.items():
+            if section not in out and section != "model":
+                out[section] = value
+        return out
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+    def canonical_json(self) -> str:
+        """The JSON without wall-clock fields: equal for runs with the same seed."""
+        data = self.to_dict()
+        search = dict(data.get("search", {}))
+        for name in TIMING_FIELDS:
+            search.pop(name, None)
+        if "search" in data:
+            data["search"] = search
+        return dumps(data)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str | None = None) -> "Policy":
+        problems = []
+        if not isinstance(data, Mapping):
+            raise PolicyError("a policy must be a JSON object", source)
+        if data.get("schema") != SCHEMA:
+            problems.append(f"'schema' must be {SCHEMA!r} (got {data.get('schema')!r})")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            problems.append(f"'schema_version' {data.get('schema_version')!r} is not supported "
+                            f"(this bitsearch reads version {SCHEMA_VERSION})")
+        layers = data.get("layers")
+        if not isinstance(layers, Mapping):
+            problems.append("'layers' must be an object mapping layer names to widths")
+            raise PolicyError(problems, source)
+        granularity = data.get("granularity", "layer")
+        if granularity not in ("layer", "kernel"):
+            problems.append(f"'granularity' {granularity!r} is not 'layer' or 'kernel'")
+        bits = []
+        for name, entry in layers.items():
+            if not isinstance(entry, Mapping) or "weight_bits" not in entry:
+                problems.append(f"layer {name!r}: expected an object with 'weight_bits' and 'act_bits'")
+                continue
+            w, a = entry.get("weight_bits"), entry.get("act_bits")
+            if isinstance(w, list):
+                if not w or not all(_is_int(b) for b in w):
+                    problems.append(f"layer {name!r}: per-kernel 'weight_bits' must be a non-empty list of integers")
+                    continue
+            elif not _is_int(w):
+                problems.append(f"layer {name!r}: 'weight_bits' must be an integer or a list of integers "
+                                f"(got {w!r})")
+                continue
+            if a is not None and not _is_int(a):
+                problems.append(f"layer {name!r}: 'act_bits' must be an integer or null (got {a!r})")
+                continue
+            bits.append((name, LayerBits(tuple(w) if isinstance(w, list) else w, a)))
+        if problems:
+            raise PolicyError(problems, source)
+        meta = {k: v for k, v in data.items() if k not in ("schema", "schema_version", "layers", "granularity")}
+        return cls(tuple(bits), granularity, meta)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str | None = None) -> "Policy":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", source) from None
+        return cls.from_dict(data, source=source)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _layer_bits(space: SearchSpace, kernels: int, weight_bits: int, act_bits) -> LayerBits:
+    if space.granularity == "kernel":
+        return LayerBits((weight_bits,) * kernels, act_bits)
+    return LayerBits(weight_bits, act_bits)
+
+
+def validate_policy(policy: Policy, space: SearchSpace, *, source: str | None = None) -> Policy:
+    """Check ``policy`` against ``space``; raise one :class:`PolicyError` naming every problem."""
+    problems = []
+    given = policy.as_dict()
+    names = set(space.names)
+    for name in given:
+        if name not in names:
+            problems.append(f"unknown layer {name!r} (the model's layers are {_few(space.names)})")
+    pins = space.pins
+    act_choices = space.act_choices
+    for layer in space.layers:
+        if layer.name not in given:
+            problems.append(f"missing layer {layer.name!r}")
+            continue
+        bits = given[layer.name]
+        if layer.name in pins:
+            pin = pins[layer.name]
+            if set(bits.kernel_bits(layer.kernels)) != {pin.weight_bits} or bits.act_bits != pin.act_bits:
+                problems.append(f"layer {layer.name!r} is pinned to weight {pin.weight_bits} / act "
+                                f"{_fmt_act(pin.act_bits)} bits but the policy gives other widths")
+            if bits.per_kernel and len(bits.weight_bits) != layer.kernels:
+                problems.append(f"layer {layer.name!r}: {len(bits.weight_bits)} per-kernel widths, "
+                                f"but the layer has {layer.kernels} kernels")
+            continue
+        if bits.per_kernel:
+            if len(bits.weight_bits) != layer.kernels:
+                problems.append(f"layer {layer.name!r}: {len(bits.weight_bits)} per-kernel widths, "
+                                f"but the layer has {layer.kernels} kernels")
+            elif space.granularity == "layer" and len(set(bits.weight_bits)) > 1:
+                problems.append(f"layer {layer.name!r}: per-kernel widths in a layer-granularity space")
+        bad = sorted({b for b in bits.kernel_bits(layer.kernels) if b not in space.weight_bits})
+        if bad:
+            problems.append(f"layer {layer.name!r}: weight bits {bad} are not among the choices "
+                            f"{list(space.weight_bits)}")
+        if bits.act_bits not in act_choices:
+            problems.append(f"layer {layer.name!r}: act bits {_fmt_act(bits.act_bits)} are not among "
+                            f"the choices {[_fmt_act(a) for a in act_choices]}")
+    for group in space.tied:
+        present = [given[n] for n in group if n in given]
+        if len({b.act_bits for b in present}) > 1:
+            problems.append(f"tied layers {list(group)} must share the activation width")
+        if space.granularity == "layer" and len({b.weight_bits for b in present}) > 1:
+            problems.append(f"tied layers {list(group)} must share the weight width")
+    if problems:
+        raise PolicyError(problems, source)
+    # normalise: order of the space, and layer-granularity lists collapsed to ints
+    ordered = []
+    for layer in space.layers:
+        b = given[layer.name]
+        if space.granularity == "layer" and b.per_kernel:
+            b = LayerBits(b.weight_bits[0], b.act_bits)
+        ordered.append((layer.name, b))
+    return replace(policy, bits=tuple(ordered), granularity=space.granularity)
+
+
+def _few(names, limit=6) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _fmt_act(a) -> str:
+    return "float" if a is None else str(a)
+
+
+# --- files ----------------------------------------------------------------------------
+def dumps(data: Any) -> str:
+    """JSON with two-space indentation, but lists of numbers on one line."""
+    return _dump(data, 0) + "\n"
+
+
+def _dump(value: Any, depth: int) -> str:
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        if depth >= 2 and all(not isinstance(v, Mapping) and not (
+                isinstance(v, (list, tuple)) and any(isinstance(x, (Mapping, list, tuple)) for x in v))
+                for v in value.values()):
+            return "{" + ", ".join(f"{json.dumps(str(k))}: {_dump(v, depth + 1)}" for k, v in value.items()) + "}"
+        items = [f"{inner}{json.dumps(str(k))}: {_dump(v, depth + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, (list, tuple)):
+        if all(not isinstance(v, (Mapping, list, tuple)) for v in value):
+            return json.dumps(list(value))
+        items = [f"{inner}{_dump(v, depth + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(value)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_policy(policy: Policy, path: str | os.PathLike) -> None:
+    atomic_write_text(path, policy.to_json())
+
+
+def load_policy(path: str | os.PathLike, space: SearchSpace | None = None) -> Policy:
+    """Read a policy file; with ``space``, also check it against the space."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError("no such file", source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read: {exc}", source) from None
+    policy = Policy.from_json(text, source=source)
+    if space is not None:
+        policy = validate_policy(policy, space, source=source)
+    return policy
+
+
+def schema_path() -> Path:
+    """The JSON Schema of policy files, shipped in the package."""
+    return Path(__file__).parent / "schemas" / "policy.schema.json"
+
+
+def iter_kernel_bits(policy: Policy, space: SearchSpace) -> Iterable[tuple[str, tuple[int, ...], int | None]]:
+    for layer in space.layers:
+        b = policy[layer.name]
+        yield layer.name, b.kernel_bits(layer.kernels), b.act_bits

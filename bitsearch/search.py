@@ -1,0 +1,270 @@
+"""The searcher contract, search results, and the searcher registry.
+
+A searcher takes its settings in the constructor and has one method::
+
+    result = searcher.search(problem, seed=0, callback=None)
+
+``callback(event)`` receives a :class:`SearchEvent` for progress; returning ``False``
+stops the search, which then returns the best policy found so far (as
+stable-baselines3 callbacks do).  The registry maps names to classes and is filled from
+the entry-point group ``bitsearch.searchers``, so a package adds a searcher by declaring
+an entry point alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+
+from .errors import InfeasibleBudgetError, SearcherSettingsError, UnknownSearcherError
+from .policy import Policy, atomic_write_text, dumps
+
+ENTRY_POINT_GROUP = "bitsearch.searchers"
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """What a callback sees.  ``kind``: ``start``, ``evaluation``, ``progress``,
+    ``episode`` or ``end``."""
+
+    kind: str
+    step: int = 0
+    total: int | None = None
+    best_score: float | None = None
+    best_policy: Policy | None = None
+    message: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluated policy, in the order the search asked for it."""
+
+    index: int
+    policy: Policy
+    costs: Mapping[str, float]
+    metrics: Mapping[str, float]
+    score: float
+    seconds: float  # since the search started
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "policy_key": self.policy.key, "costs": dict(self.costs),
+                "metrics": dict(self.metrics), "score": self.score, "seconds": round(self.seconds, 4)}
+
+
+@dataclass
+class SearchResult:
+    """The best policy (with costs, metrics and search facts in its metadata), every
+    policy evaluated, the time spent and the settings."""
+
+    policy: Policy
+    costs: dict[str, float]
+    metrics: dict[str, float]
+    score: float | None
+    history: list[Evaluation]
+    seconds: float
+    searcher: str
+    settings: dict
+    seed: int
+    stopped_early: bool = False
+    info: dict = field(default_factory=dict)
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.history)
+
+    def summary(self) -> dict:
+        return {"searcher": self.searcher, "seed": self.seed, "score": self.score, "costs": self.costs,
+                "metrics": self.metrics, "seconds": round(self.seconds, 4), "evaluations": self.evaluations,
+                "stopped_early": self.stopped_early, "settings": self.settings}
+
+    def save_history(self, path) -> None:
+        atomic_write_text(path, dumps([e.to_dict() for e in self.history]))
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    name: ClassVar[str]
+
+    def search(self, problem, *, seed: int | None = None,
+               callback: Callable[[SearchEvent], Any] | None = None) -> SearchResult: ...
+
+
+class BaseSearcher:
+    """Helper base: settings held as a dict, validated against ``defaults``.
+
+    Subclasses set ``name``, ``defaults`` (setting name -> default), ``granularities``
+    (which space granularities they support) and implement ``_search(problem, run)``.
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict] = {}
+    granularities: ClassVar[tuple[str, ...]] = ("layer", "kernel")
+    needs: ClassVar[str] = "any"  # "evaluator", "sensitivity", or "any" objective
+    description: ClassVar[str] = ""
+
+    def __init__(self, **settings):
+        unknown = sorted(set(settings) - set(self.defaults))
+        if unknown:
+            raise SearcherSettingsError(
+                f"searcher {self.name!r} has no settings {unknown}; its settings are "
+                f"{', '.join(f'{k}={v!r}' for k, v in self.defaults.items()) or 'none'}")
+        self.settings = {**self.defaults, **settings}
+
+    def check(self, problem) -> None:
+        if problem.space.granularity not in self.granularities:
+            raise SearcherSettingsError(
+                f"searcher {self.name!r} does not support {problem.space.granularity} granularity "
+                f"(it supports {', '.join(self.granularities)})")
+        if self.needs == "evaluator" and problem.evaluator is None:
+            raise SearcherSettingsError(f"searcher {self.name!r} needs an evaluator (a task), not only a table")
+        if self.needs == "sensitivity" and problem.sensitivity is None:
+            raise SearcherSettingsError(f"searcher {self.name!r} needs a sensitivity table")
+
+    def search(self, problem, *, seed: int | None = None, callback=None) -> SearchResult:
+        self.check(problem)
+        run = SearchRun(self, problem, seed, callback)
+        run.emit("start", message=problem.describe())
+        best = self._search(problem, run)
+        return run.finish(best)
+
+    def _search(self, problem, run: "SearchRun") -> Policy | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.settings.items())})"
+
+
+class SearchRun:
+    """Bookkeeping shared by searchers: evaluations, the best so far, the callback."""
+
+    def __init__(self, searcher, problem, seed, callback):
+        self.searcher = searcher
+        self.problem = problem
+        self.seed = DEFAULT_SEED if seed is None else int(seed)
+        self.callback = callback
+        self.history: list[Evaluation] = []
+        self.best: Evaluation | None = None
+        self.stopped = False
+        self.started = time.perf_counter()
+        self.info: dict = {}
+        self._cache: dict[str, Evaluation] = {}
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def emit(self, kind: str, *, step: int = 0, total: int | None = None, message: str = "", **data) -> bool:
+        """Send an event; returns False (and marks the run stopped) if the callback says stop."""
+        if self.callback is None:
+            return not self.stopped
+        event = SearchEvent(kind, step, total, None if self.best is None else self.best.score,
+                            None if self.best is None else self.best.policy, message, data)
+        if self.callback(event) is False:
+            self.stopped = True
+        return not self.stopped
+
+    def evaluate(self, policy: Policy, *, step: int | None = None, total: int | None = None) -> Evaluation:
+        """Score ``policy`` (which must keep every budget) and record it.
+
+        A policy already evaluated in this run is not scored again, but is recorded again
+        so that the history shows what the searcher asked for.
+        """
+        cached = self._cache.get(policy.key)
+        if cached is None:
+            costs = self.problem.cost_of(policy)
+            bad = self.problem.violations(policy, costs)
+            if bad:
+                raise AssertionError(f"{self.searcher.name} asked to evaluate a policy over budget: {bad}")
+            metrics = self.problem.evaluate(policy)
+            score = self.problem.score(metrics)
+        else:
+            costs, metrics, score = cached.costs, cached.metrics, cached.score
+        evaluation = Evaluation(len(self.history), policy, costs, metrics, score, self.elapsed)
+        self._cache.setdefault(policy.key, evaluation)
+        self.history.append(evaluation)
+        if self.best is None or score > self.best.score:
+            self.best = evaluation
+        self.emit("evaluation", step=len(self.history) if step is None else step, total=total,
+                  score=score, costs=dict(costs))
+        return evaluation
+
+    def finish(self, policy: Policy | None = None) -> SearchResult:
+        """Build the result.  ``policy`` defaults to the best evaluated one."""
+        problem = self.problem
+        if policy is None:
+            if self.best is None:
+                raise InfeasibleBudgetError(f"{self.searcher.name} found no policy within the budgets")
+            policy = self.best.policy
+        policy = problem.validate(policy)
+        costs = problem.cost_of(policy)
+        bad = problem.violations(policy, costs)
+        if bad:  # a searcher bug, never a user error
+            raise AssertionError(f"{self.searcher.name} returned a policy over budget: {'; '.join(bad)}")
+        known = self._cache.get(policy.key)
+        metrics = dict(known.metrics) if known is not None else dict(problem.evaluate(policy))
+        score = known.score if known is not None else problem.score(metrics)
+        seconds = self.elapsed
+        from . import __version__
+
+        metric_kind = getattr(problem.evaluator, "metric_kind", None) if problem.evaluator is not None else None
+        if metric_kind:
+            metrics.setdefault("metric_kind", metric_kind)
+        settings = _jsonable(self.searcher.settings)
+        policy = policy.with_meta(
+            model={"name": problem.space.model_name, "fingerprint": problem.space.fingerprint},
+            budgets=problem.budgets_dicts(),
+            costs=costs,
+            metrics=metrics,
+            search={"searcher": self.searcher.name, "settings": settings, "seed": self.seed,
+                    "seconds": round(seconds, 3), "evaluations": len(self.history),
+                    "bitsearch_version": __version__},
+        )
+        self.emit("end", step=len(self.history), message="done")
+        return SearchResult(policy, costs, metrics, score, self.history, seconds, self.searcher.name,
+                            settings, self.seed, self.stopped, self.info)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- registry ---------------------------------------------------------------------------
+_REGISTERED: dict[str, type] = {}
+
+
+def register(name: str, cls: type) -> None:
+    """Register a searcher class in this process (packages use the entry-point group)."""
+    _REGISTERED[name] = cls
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> list[str]:
+    """Names of every searcher: registered in-process or declared as entry points."""
+    return sorted(set(_entry_points()) | set(_REGISTERED))
+
+
+def get(name: str) -> type:
+    """The searcher class registered under ``name``."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    points = _entry_points()
+    if name not in points:
+        names = available()
+        raise UnknownSearcherError(f"unknown searcher {name!r}; known searchers: {', '.join(names) or 'none'}"
+                                   + ("" if names else " (is bitsearch installed? pip install -e .)"))
+    cls = points[name].load()
+    _REGISTERED[name] = cls
+    return cls
+
+
+def create(name: str, **settings):
+    """An instance of searcher ``name`` with ``settings``."""
+    return get(name)(**settings)

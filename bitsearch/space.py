@@ -1,0 +1,311 @@
+"""Layers and search spaces: the data every searcher reads.
+
+A :class:`SearchSpace` says which layers are quantized, which weight widths each
+decision unit may take (one unit per layer, or per output kernel), which activation
+widths a layer may take (searched, fixed, or float), which layers must share a width
+(``tied``) and which are pinned to fixed widths.  It round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Iterable, Mapping, Sequence
+
+from .errors import SpaceError
+
+KINDS = ("conv1d", "conv2d", "linear")
+GRANULARITIES = ("layer", "kernel")
+FLOAT_BITS = 32  # what cost models charge for a float operand
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One quantizable layer (a Conv1d, Conv2d or Linear module).
+
+    ``params`` counts the weight elements (what gets quantized); ``bias_params`` the
+    bias, which stays in 32-bit.  ``macs`` are per sample.  ``kernels`` is the number of
+    output channels: one kernel is the slice of weights that produces one output channel.
+    """
+
+    name: str
+    kind: str
+    params: int
+    macs: int
+    kernels: int
+    in_channels: int = 0
+    out_channels: int = 0
+    kernel_size: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    groups: int = 1
+    in_features: int = 0
+    out_spatial: tuple[int, ...] = ()
+    bias_params: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise SpaceError(f"layer {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kernels < 1 or self.params < 0 or self.macs < 0:
+            raise SpaceError(f"layer {self.name!r}: kernels must be >= 1 and params, macs >= 0")
+        for name in ("kernel_size", "stride", "out_spatial"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+    @property
+    def params_per_kernel(self) -> float:
+        return self.params / self.kernels
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Layer":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise SpaceError(f"layer {data.get('name', '?')!r}: unknown fields {sorted(unknown)}")
+        try:
+            return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
+        except TypeError as exc:
+            raise SpaceError(f"layer {data.get('name', '?')!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Fixed widths for one layer: ``act_bits`` None means float activations."""
+
+    weight_bits: int
+    act_bits: int | None
+
+
+@dataclass(frozen=True)
+class WeightUnit:
+    """One weight decision: a layer (or tied group of layers), or one kernel of a layer."""
+
+    layers: tuple[int, ...]  # indices into SearchSpace.layers
+    kernel: int | None = None  # None: the whole layer(s)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What may be chosen.
+
+    ``act_bits``: a tuple of activation widths.  One value means activations are fixed
+    at that width (not searched); several mean searched per layer; ``None`` means
+    activations stay in float.
+    ``tied``: groups of layer names that read the same tensor; they always share the
+    activation width, and at layer granularity also the weight width.  (At kernel
+    granularity each kernel is its own decision, so only activations are shared.)
+    ``pinned``: layer name -> :class:`Pin`; pinned layers are not searched and may use
+    widths outside the choices (e.g. first and last layer at 8 bits).
+    """
+
+    layers: tuple[Layer, ...]
+    weight_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    act_bits: tuple[int, ...] | None = (8,)
+    granularity: str = "layer"
+    tied: tuple[tuple[str, ...], ...] = ()
+    pinned: tuple[tuple[str, Pin], ...] = ()
+    model_name: str = ""
+    fingerprint: str = ""
+    _index: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "weight_bits", tuple(sorted({int(b) for b in self.weight_bits})))
+        if self.act_bits is not None:
+            object.__setattr__(self, "act_bits", tuple(sorted({int(b) for b in self.act_bits})))
+        object.__setattr__(self, "tied", tuple(tuple(g) for g in self.tied))
+        pinned = self.pinned.items() if isinstance(self.pinned, Mapping) else self.pinned
+        pinned = tuple(sorted((str(n), p if isinstance(p, Pin) else Pin(*p)) for n, p in pinned))
+        object.__setattr__(self, "pinned", pinned)
+        problems = []
+        if not self.layers:
+            problems.append("the space has no layers")
+        if not self.weight_bits:
+            problems.append("no weight-bit choices")
+        for bits in self.weight_bits + (self.act_bits or ()):
+            if not 1 <= bits <= 32:
+                problems.append(f"bit width {bits} is outside 1..32")
+        if self.act_bits is not None and not self.act_bits:
+            problems.append("act_bits is empty: give widths, or None for float activations")
+        if self.granularity not in GRANULARITIES:
+            problems.append(f"granularity {self.granularity!r} is not 'layer' or 'kernel'")
+        index = {}
+        for i, layer in enumerate(self.layers):
+            if layer.name in index:
+                problems.append(f"layer {layer.name!r} appears twice")
+            index[layer.name] = i
+        seen_in_group = {}
+        for group in self.tied:
+            for name in group:
+                if name not in index:
+                    problems.append(f"tied layer {name!r} is not a layer of the space")
+                elif name in seen_in_group:
+                    problems.append(f"layer {name!r} is in two tied groups")
+                seen_in_group[name] = group
+        for name, pin in self.pinned:
+            if name not in index:
+                problems.append(f"pinned layer {name!r} is not a layer of the space")
+        pinned_names = {n for n, _ in self.pinned}
+        for group in self.tied:
+            inside = [n for n in group if n in pinned_names]
+            if inside and len(inside) != len(group):
+                problems.append(f"tied group {list(group)} is partly pinned: pin all or none")
+        if problems:
+            raise SpaceError("; ".join(problems))
+        object.__setattr__(self, "_index", index)
+
+    # --- lookups -------------------------------------------------------------------
+    def layer(self, name: str) -> Layer:
+        return self.layers[self._index[name]]
+
+    def index_of(self, name: str) -> int:
+        return self._index[name]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    @property
+    def pins(self) -> dict[str, Pin]:
+        return dict(self.pinned)
+
+    @property
+    def act_searched(self) -> bool:
+        return self.act_bits is not None and len(self.act_bits) > 1
+
+    @property
+    def act_choices(self) -> tuple[int | None, ...]:
+        """The activation widths a free layer may take (``(None,)`` for float)."""
+        return (None,) if self.act_bits is None else self.act_bits
+
+    def is_pinned(self, name: str) -> bool:
+        return name in self.pins
+
+    def free_layers(self) -> tuple[int, ...]:
+        pins = self.pins
+        return tuple(i for i, layer in enumerate(self.layers) if layer.name not in pins)
+
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """Free layers grouped by ties (each untied layer is a group of one), in layer order."""
+        pins = self.pins
+        group_of = {}
+        for group in self.tied:
+            idx = tuple(sorted(self._index[n] for n in group))
+            for i in idx:
+                group_of[i] = idx
+        out, seen = [], set()
+        for i, layer in enumerate(self.layers):
+            if layer.name in pins or i in seen:
+                continue
+            group = group_of.get(i, (i,))
+            seen.update(group)
+            out.append(group)
+        return tuple(out)
+
+    def weight_units(self) -> tuple[WeightUnit, ...]:
+        """The weight decisions: one per tied group (layer granularity) or per kernel."""
+        if self.granularity == "layer":
+            return tuple(WeightUnit(group) for group in self.groups())
+        return tuple(WeightUnit((i,), k) for i in self.free_layers()
+                     for k in range(self.layers[i].kernels))
+
+    def num_decisions(self) -> int:
+        """Weight units plus activation units (when activations are searched)."""
+        n = len(self.weight_units())
+        if self.act_searched:
+            n += len(self.groups())
+        return n
+
+    def num_policies(self) -> int:
+        """How many distinct policies the space holds (can be astronomically large)."""
+        n = len(self.weight_bits) ** len(self.weight_units())
+        if self.act_searched:
+            n *= len(self.act_bits) ** len(self.groups())
+        return n
+
+    # --- derived spaces ------------------------------------------------------------
+    def with_(self, **changes) -> "SearchSpace":
+        return replace(self, **changes)
+
+    # --- JSON --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "schema": "bitsearch-space",
+            "schema_version": 1,
+            "model": {"name": self.model_name, "fingerprint": self.fingerprint},
+            "granularity": self.granularity,
+            "weight_bits": list(self.weight_bits),
+            "act_bits": None if self.act_bits is None else list(self.act_bits),
+            "tied": [list(g) for g in self.tied],
+            "pinned": {n: {"weight_bits": p.weight_bits, "act_bits": p.act_bits} for n, p in self.pinned},
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "SearchSpace":
+        if data.get("schema") != "bitsearch-space":
+            raise SpaceError("not a bitsearch space: 'schema' must be 'bitsearch-space'")
+        if data.get("schema_version") != 1:
+            raise SpaceError(f"space schema_version {data.get('schema_version')!r} is not supported (expected 1)")
+        model = data.get("model") or {}
+        return cls(
+            layers=tuple(Layer.from_dict(d) for d in data["layers"]),
+            weight_bits=tuple(data["weight_bits"]),
+            act_bits=None if data.get("act_bits") is None else tuple(data["act_bits"]),
+            granularity=data.get("granularity", "layer"),
+            tied=tuple(tuple(g) for g in data.get("tied", ())),
+            pinned=tuple((n, Pin(p["weight_bits"], p.get("act_bits"))) for n, p in data.get("pinned", {}).items()),
+            model_name=model.get("name", ""),
+            fingerprint=model.get("fingerprint", ""),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SearchSpace":
+        return cls.from_dict(json.loads(text))
+
+
+def layers_fingerprint(layers: Iterable[Layer]) -> str:
+    """A fingerprint of the layer structure (names, kinds, shapes): ``sha256:...``."""
+    payload = json.dumps([layer.to_dict() for layer in layers], sort_keys=True)
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse_bits(text: str, *, allow_none: bool = False) -> tuple[int, ...] | None:
+    """Parse ``2,3,4,8`` or ``2-8`` (or ``none`` when allowed) into a tuple of widths."""
+    from .errors import UserInputError
+
+    raw = str(text).strip().lower()
+    if allow_none and raw in ("none", "float", "fp32"):
+        return None
+    out = set()
+    try:
+        for part in raw.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                lo, hi = int(lo), int(hi)
+                if lo > hi:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+    except ValueError:
+        expected = "a list like 2,3,4,8 or a range like 2-8" + (" or 'none'" if allow_none else "")
+        raise UserInputError(f"bit widths {text!r} do not parse: expected {expected}") from None
+    if not out:
+        raise UserInputError(f"bit widths {text!r} are empty")
+    bad = sorted(b for b in out if not 1 <= b <= 16)
+    if bad:
+        raise UserInputError(f"bit widths {bad} are outside 1..16")
+    return tuple(sorted(out))

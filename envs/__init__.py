@@ -1,0 +1,1 @@
+"""QuantEnv, a gymnasium environment over a bitsearch Problem."""
