@@ -260,7 +260,11 @@ def get(name: str) -> type:
         names = available()
         raise UnknownSearcherError(f"unknown searcher {name!r}; known searchers: {', '.join(names) or 'none'}"
                                    + ("" if names else " (is bitsearch installed? pip install -e .)"))
-    cls = points[name].load()
+    try:
+        cls = points[name].load()
+    except (ImportError, AttributeError) as exc:
+        raise UnknownSearcherError(f"searcher {name!r} is declared ({points[name].value}) but cannot be "
+                                   f"loaded: {exc}") from None
     _REGISTERED[name] = cls
     return cls
 
