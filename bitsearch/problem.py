@@ -9,7 +9,7 @@ evaluator when there is one and with the table otherwise; higher ``score`` is be
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .budget import Budget, BudgetSpec, check_feasible, format_cost, parse_budget, resolve_budget
 from .cost import CostModel, make_cost_model
@@ -30,6 +30,9 @@ class Problem:
     sensitivity: SensitivityTable | None = None
     task: str = ""
     info: dict = field(default_factory=dict)
+    # width multiplier -> the same problem for the model built at that width (same
+    # absolute budgets); set when the problem comes from a task.  Used by uniform-width.
+    at_width: Callable[[float], "Problem"] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.costs = dict(self.costs)
@@ -88,28 +91,28 @@ class Problem:
     # --- scoring ----------------------------------------------------------------------
     @property
     def objective(self) -> str:
-        """``top1`` (evaluator, higher is better) or ``sensitivity`` (table, lower is better)."""
+        """``top1`` (evaluator, higher is better), ``sensitivity`` (table, lower is
+        better), or ``none`` (a shape-only problem: only costs can be compared)."""
         if self.evaluator is not None:
             return getattr(self.evaluator, "metric", "top1")
         if self.sensitivity is not None:
             return "sensitivity"
-        raise UserInputError("the problem has neither an evaluator nor a sensitivity table: "
-                             "nothing to optimise")
+        return "none"
 
     def evaluate(self, policy: Policy) -> dict[str, float]:
-        """Metrics of ``policy``: the evaluator's (``top1``, ``loss``...) or the table's."""
+        """Metrics of ``policy``: the evaluator's (``top1``, ``loss``...) and the table's."""
         metrics: dict[str, float] = {}
         if self.evaluator is not None:
             metrics.update(self.evaluator.evaluate(policy))
         if self.sensitivity is not None:
             metrics["sensitivity"] = self.sensitivity.loss(self.space, policy)
-        if not metrics:
-            self.objective  # raises the readable error
         return metrics
 
     def score(self, metrics: Mapping[str, float]) -> float:
         """Higher is better: the evaluator's metric, or minus the estimated loss increase."""
         objective = self.objective
+        if objective == "none":
+            return 0.0
         if objective == "sensitivity":
             return -float(metrics["sensitivity"])
         return float(metrics[objective])

@@ -104,7 +104,8 @@ class BaseSearcher:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
     granularities: ClassVar[tuple[str, ...]] = ("layer", "kernel")
-    needs: ClassVar[str] = "any"  # "evaluator", "sensitivity", or "any" objective
+    # what the searcher optimises: "evaluator", "sensitivity", "any" objective, or "nothing"
+    needs: ClassVar[str] = "any"
     description: ClassVar[str] = ""
 
     def __init__(self, **settings):
@@ -124,6 +125,10 @@ class BaseSearcher:
             raise SearcherSettingsError(f"searcher {self.name!r} needs an evaluator (a task), not only a table")
         if self.needs == "sensitivity" and problem.sensitivity is None:
             raise SearcherSettingsError(f"searcher {self.name!r} needs a sensitivity table")
+        if self.needs == "any" and problem.objective == "none":
+            raise SearcherSettingsError(
+                f"searcher {self.name!r} needs something to optimise: a task with data (an evaluator) "
+                f"or a sensitivity table (--sensitivity); this problem only has costs")
 
     def search(self, problem, *, seed: int | None = None, callback=None) -> SearchResult:
         self.check(problem)
@@ -152,7 +157,8 @@ class SearchRun:
         self.stopped = False
         self.started = time.perf_counter()
         self.info: dict = {}
-        self._cache: dict[str, Evaluation] = {}
+        self._cache: dict[tuple[str, str], Evaluation] = {}
+        self._best_problem = problem
 
     @property
     def elapsed(self) -> float:
@@ -168,44 +174,50 @@ class SearchRun:
             self.stopped = True
         return not self.stopped
 
-    def evaluate(self, policy: Policy, *, step: int | None = None, total: int | None = None) -> Evaluation:
+    def evaluate(self, policy: Policy, *, step: int | None = None, total: int | None = None,
+                 problem=None) -> Evaluation:
         """Score ``policy`` (which must keep every budget) and record it.
 
-        A policy already evaluated in this run is not scored again, but is recorded again
-        so that the history shows what the searcher asked for.
+        ``problem`` defaults to the run's problem; a searcher that changes the model
+        (uniform-width) passes the problem of the model it evaluates.  A policy already
+        evaluated in this run is not scored again, but is recorded again so that the
+        history shows what the searcher asked for.
         """
-        cached = self._cache.get(policy.key)
+        problem = self.problem if problem is None else problem
+        cache_key = (problem.space.fingerprint, policy.key)
+        cached = self._cache.get(cache_key)
         if cached is None:
-            costs = self.problem.cost_of(policy)
-            bad = self.problem.violations(policy, costs)
+            costs = problem.cost_of(policy)
+            bad = problem.violations(policy, costs)
             if bad:
                 raise AssertionError(f"{self.searcher.name} asked to evaluate a policy over budget: {bad}")
-            metrics = self.problem.evaluate(policy)
-            score = self.problem.score(metrics)
+            metrics = problem.evaluate(policy)
+            score = problem.score(metrics)
         else:
             costs, metrics, score = cached.costs, cached.metrics, cached.score
         evaluation = Evaluation(len(self.history), policy, costs, metrics, score, self.elapsed)
-        self._cache.setdefault(policy.key, evaluation)
+        self._cache.setdefault(cache_key, evaluation)
         self.history.append(evaluation)
         if self.best is None or score > self.best.score:
             self.best = evaluation
+            self._best_problem = problem
         self.emit("evaluation", step=len(self.history) if step is None else step, total=total,
                   score=score, costs=dict(costs))
         return evaluation
 
-    def finish(self, policy: Policy | None = None) -> SearchResult:
+    def finish(self, policy: Policy | None = None, problem=None) -> SearchResult:
         """Build the result.  ``policy`` defaults to the best evaluated one."""
-        problem = self.problem
         if policy is None:
             if self.best is None:
                 raise InfeasibleBudgetError(f"{self.searcher.name} found no policy within the budgets")
-            policy = self.best.policy
+            policy, problem = self.best.policy, self._best_problem
+        problem = self.problem if problem is None else problem
         policy = problem.validate(policy)
         costs = problem.cost_of(policy)
         bad = problem.violations(policy, costs)
         if bad:  # a searcher bug, never a user error
             raise AssertionError(f"{self.searcher.name} returned a policy over budget: {'; '.join(bad)}")
-        known = self._cache.get(policy.key)
+        known = self._cache.get((problem.space.fingerprint, policy.key))
         metrics = dict(known.metrics) if known is not None else dict(problem.evaluate(policy))
         score = known.score if known is not None else problem.score(metrics)
         seconds = self.elapsed
@@ -215,8 +227,11 @@ class SearchRun:
         if metric_kind:
             metrics.setdefault("metric_kind", metric_kind)
         settings = _jsonable(self.searcher.settings)
+        model = {"name": problem.space.model_name, "fingerprint": problem.space.fingerprint}
+        if problem.info.get("width_mult", 1.0) != 1.0:
+            model["width_mult"] = problem.info["width_mult"]
         policy = policy.with_meta(
-            model={"name": problem.space.model_name, "fingerprint": problem.space.fingerprint},
+            model=model,
             budgets=problem.budgets_dicts(),
             costs=costs,
             metrics=metrics,

@@ -1,0 +1,53 @@
+"""``exhaustive``: every policy of a small space; the oracle of the benchmarks."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from bitsearch.encoding import Encoding
+from bitsearch.errors import InfeasibleBudgetError, SpaceTooLargeError
+from bitsearch.search import BaseSearcher, SearchRun
+
+
+class ExhaustiveSearcher(BaseSearcher):
+    """Evaluates every policy that keeps the budgets and returns the best.
+
+    Refuses spaces with more than ``max_policies`` policies (layer-wise mnist1d-cnn over
+    {2,3,4,8} has 4,096).  Policies over budget are skipped without evaluation.
+    """
+
+    name = "exhaustive"
+    defaults = {"max_policies": 20_000}
+    description = "every policy of a small space (the oracle)"
+
+    def check(self, problem):
+        super().check(problem)
+        n = problem.space.num_policies()
+        limit = int(self.settings["max_policies"])
+        if n > limit:
+            raise SpaceTooLargeError(
+                f"exhaustive: the space holds {n:,} policies, more than max_policies={limit:,}; "
+                f"use layer granularity, fewer widths, or another searcher (ilp, random)")
+
+    def _search(self, problem, run: SearchRun):
+        encoding = Encoding(problem.space)
+        total = problem.space.num_policies()
+        weight_choices = range(encoding.n_weight_choices)
+        act_choices = range(encoding.n_act_choices)
+        step = 0
+        for combo in itertools.product(weight_choices, repeat=encoding.n_weight_units):
+            for acts in itertools.product(act_choices, repeat=encoding.n_act_units):
+                step += 1
+                policy = encoding.decode(np.array(combo), np.array(acts))
+                if not problem.fits(policy):
+                    if step % 256 == 0:
+                        run.emit("progress", step=step, total=total)
+                else:
+                    run.evaluate(policy, step=step, total=total)
+                if run.stopped and run.best is not None:
+                    return None
+        if run.best is None:
+            raise InfeasibleBudgetError("exhaustive: no policy of the space keeps every budget")
+        return None
