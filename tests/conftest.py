@@ -1,0 +1,30 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Float weights and data cached once per test session, outside the user's cache
+    unless BITSEARCH_TEST_CACHE names a persistent one."""
+    path = os.environ.get("BITSEARCH_TEST_CACHE") or str(tmp_path_factory.mktemp("bitsearch-cache"))
+    old = os.environ.get("BITSEARCH_CACHE")
+    os.environ["BITSEARCH_CACHE"] = path
+    yield path
+    if old is None:
+        os.environ.pop("BITSEARCH_CACHE", None)
+    else:
+        os.environ["BITSEARCH_CACHE"] = old
+
+
+def pytest_generate_tests(metafunc):
+    """Conformance classes run once per granularity they declare."""
+    from conformance import SearcherConformance
+
+    cls = metafunc.cls
+    if cls is not None and issubclass(cls, SearcherConformance) and "granularity" in metafunc.fixturenames:
+        metafunc.parametrize("granularity", cls.granularities)
