@@ -107,6 +107,8 @@ class BaseSearcher:
     # what the searcher optimises: "evaluator", "sensitivity", "any" objective, or "nothing"
     needs: ClassVar[str] = "any"
     description: ClassVar[str] = ""
+    # True when the seed cannot change the result (``bitsearch bench`` then runs it once)
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, **settings):
         unknown = sorted(set(settings) - set(self.defaults))

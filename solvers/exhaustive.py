@@ -20,6 +20,7 @@ class ExhaustiveSearcher(BaseSearcher):
 
     name = "exhaustive"
     defaults = {"max_policies": 20_000}
+    deterministic = True
     description = "every policy of a small space (the oracle)"
 
     def check(self, problem):

@@ -32,6 +32,7 @@ class UniformSearcher(BaseSearcher):
     name = "uniform"
     defaults = {}
     needs = "nothing"
+    deterministic = True
     description = "the widest single weight/activation width that keeps every budget"
 
     def _search(self, problem, run: SearchRun):

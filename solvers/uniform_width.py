@@ -23,6 +23,7 @@ class UniformWidthSearcher(BaseSearcher):
     defaults = {"width_mults": (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)}
     granularities = ("layer",)
     needs = "evaluator"
+    deterministic = True
     description = "uniform bits x width multiplier grid, retrained per width (Chin et al. 2020)"
 
     def check(self, problem):
