@@ -486,12 +486,13 @@ def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = 
     return runs
 
 
-def _problem_spec(suite: Suite, variant: Variant) -> dict:
+def _problem_spec(suite: Suite, variant: Variant, progress: bool = False) -> dict:
     return {"kind": variant.source_kind, "source": variant.source, "space": variant.to_dict(),
-            "scoring": asdict(suite.scoring), "suite_dir": suite.directory, "axis": suite.axis_cost}
+            "scoring": asdict(suite.scoring), "suite_dir": suite.directory, "axis": suite.axis_cost,
+            "progress": progress}
 
 
-def make_units(suite: Suite, runs: Sequence[dict]) -> list[dict]:
+def make_units(suite: Suite, runs: Sequence[dict], *, progress: bool = False) -> list[dict]:
     """Group runs into units of work for a process.  The oracle's runs of one variant
     form one unit (every budget then shares one evaluation cache); every other run is a
     unit of its own.  The oracle goes first: it is the longest, and in-process it fills
@@ -499,7 +500,7 @@ def make_units(suite: Suite, runs: Sequence[dict]) -> list[dict]:
     units: list[dict] = []
     oracle_units: dict[int, dict] = {}
     for run in runs:
-        spec = _problem_spec(suite, suite.variants[run["variant_index"]])
+        spec = _problem_spec(suite, suite.variants[run["variant_index"]], progress)
         if run["oracle"] and suite.scoring.shared_cache:
             unit = oracle_units.get(run["variant_index"])
             if unit is None:
@@ -518,10 +519,11 @@ class CountingEvaluator:
     process that uses the same problem source), and counts fresh evaluations and their
     time.  Every other attribute is the wrapped evaluator's."""
 
-    def __init__(self, inner, *, cache: bool = True):
+    def __init__(self, inner, *, cache: bool = True, counts_into: "CountingEvaluator | None" = None):
         self._inner = inner
         self._cache: dict[str, dict] | None = {} if cache else None
         self._lock = threading.Lock()
+        self._counts_into = counts_into
         self.fresh = 0
         self.seconds = 0.0
 
@@ -535,11 +537,18 @@ class CountingEvaluator:
         start = time.perf_counter()
         metrics = dict(self._inner.evaluate(policy))
         with self._lock:
-            self.seconds += time.perf_counter() - start
-            self.fresh += 1
             if self._cache is not None:
                 self._cache[key] = dict(metrics)
+        self._count(time.perf_counter() - start)
         return metrics
+
+    def _count(self, seconds: float) -> None:
+        if self._counts_into is not None:
+            self._counts_into._count(seconds)
+            return
+        with self._lock:
+            self.seconds += seconds
+            self.fresh += 1
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -595,7 +604,7 @@ def build_problem(spec: Mapping[str, Any], budgets: Sequence[str]):
         return problem
     from .build import problem_for_task
 
-    return problem_for_task(spec["source"], space_options, options)
+    return problem_for_task(spec["source"], space_options, options, progress=bool(spec.get("progress")))
 
 
 def _shared_problem(spec: Mapping[str, Any], budgets: Sequence[str]):
@@ -609,6 +618,7 @@ def _shared_problem(spec: Mapping[str, Any], budgets: Sequence[str]):
         problem = build_problem(spec, budgets)
         if problem.evaluator is not None:
             problem.evaluator = CountingEvaluator(problem.evaluator, cache=False)
+            _count_at_width(problem, problem.evaluator, None)
         return problem
     source = stable_key(spec["kind"], spec["source"], spec["space"], spec["scoring"], spec.get("suite_dir"))
     budgets = tuple(budgets)
@@ -634,8 +644,34 @@ def _shared_problem(spec: Mapping[str, Any], budgets: Sequence[str]):
             if shared is None:
                 shared = _EVALUATORS[source] = CountingEvaluator(problem.evaluator)
             problem.evaluator = shared
+            _count_at_width(problem, shared, source)
         built[budgets] = problem
         return problem
+
+
+def _count_at_width(problem, counter: CountingEvaluator, source: str | None) -> None:
+    """Make the problems that ``problem.at_width`` builds (uniform-width's wider and
+    narrower models) count their evaluations into ``counter``; with ``source``, every
+    budget set shares one evaluation cache per width."""
+    base = problem.at_width
+    if base is None:
+        return
+
+    def at_width(mult, _base=base):
+        sub = _base(mult)
+        if sub.evaluator is not None:
+            if source is None:
+                sub.evaluator = CountingEvaluator(sub.evaluator, cache=False, counts_into=counter)
+            else:
+                with _CACHE_LOCK:
+                    key = f"{source}@x{float(mult)!r}"
+                    shared = _EVALUATORS.get(key)
+                    if shared is None:
+                        shared = _EVALUATORS[key] = CountingEvaluator(sub.evaluator, counts_into=counter)
+                sub.evaluator = shared
+        return sub
+
+    problem.at_width = at_width
 
 
 def _counter(problem) -> tuple[int, float]:
@@ -793,16 +829,19 @@ def _run_processes(units, jobs: int) -> Iterator[dict]:
 
     context = multiprocessing.get_context("spawn")
     threads = _threads_per_job(jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_limit_threads,
-                             initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_limit_threads,
+                               initargs=(threads,))
+    try:
         futures = [pool.submit(execute_unit, unit) for unit in units]
-        try:
-            for future in as_completed(futures):
-                yield from future.result()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+        for future in as_completed(futures):
+            yield from future.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()  # a run in flight is simply run again on --resume
+        raise
+    else:
+        pool.shutdown(wait=True)
 
 
 def dask_client(scheduler: str, jobs: int | None):
@@ -926,7 +965,9 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
     ran = failed = 0
     clear_problem_cache()
     try:
-        units = make_units(suite, todo)
+        units = make_units(suite, todo, progress=bool(progress and not scheduler and jobs == 1))
+        if units and (jobs > 1 or scheduler == "local"):
+            prewarm(suite, progress=bool(progress))
         if scheduler:
             stream = _run_dask(units, scheduler, jobs if jobs > 1 else None)
         elif jobs > 1:
@@ -958,6 +999,19 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
         plot_curves(results, out / "curves.png")
     skipped = sum(1 for r in results["runs"] if r.get("status") == "skipped")
     return BenchOutcome(out, len(runs), resumed, ran, failed, skipped, results)
+
+
+def prewarm(suite: Suite, *, progress: bool = False) -> None:
+    """Train (or load) each task's float model here, once, before local workers start:
+    they then read it from the task cache instead of all training it at the same time."""
+    for variant in suite.variants:
+        if variant.source_kind != "task":
+            continue
+        from .tasks import get_task
+
+        task = get_task(variant.source)
+        if not task.shape_only:
+            task.trained_model(variant.width_mult, progress=progress)
 
 
 def policy_path(suite: Suite, run: Mapping[str, Any]) -> str:
