@@ -1,1 +1,19 @@
-"""QuantEnv, a gymnasium environment over a bitsearch Problem."""
+"""QuantEnv, a gymnasium environment over a bitsearch Problem.
+
+Importing this package registers ``bitsearch/QuantEnv-v0`` (by entry-point string), so::
+
+    import gymnasium, bitsearch.envs
+    env = gymnasium.make("bitsearch/QuantEnv-v0", problem=problem, action_type="discrete")
+"""
+
+import gymnasium
+
+ENV_ID = "bitsearch/QuantEnv-v0"
+
+if ENV_ID not in gymnasium.registry:
+    gymnasium.register(id=ENV_ID, entry_point="bitsearch.envs.quant_env:QuantEnv")
+
+from .quant_env import OBSERVATION_FEATURES, EpisodeResult, QuantEnv  # noqa: E402
+from .projection import project  # noqa: E402
+
+__all__ = ["ENV_ID", "QuantEnv", "EpisodeResult", "OBSERVATION_FEATURES", "project"]
