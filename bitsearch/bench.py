@@ -52,6 +52,7 @@ SCHEMA = "bitsearch-bench"
 SCHEMA_VERSION = 1
 JOURNAL_NAME = "results.jsonl"
 ORACLE_SEARCHER = "exhaustive"
+DEFAULT_SENSITIVITY = "hessian"
 MIN_SEEDS = 3
 # record fields that depend on the machine, the clock or on what the cache already
 # held, not on the run itself: left out when results are compared across backends
@@ -78,7 +79,8 @@ suite format (TOML):
 
   [scoring]
   finetune_epochs = 0                     # 0: post-training quantization; N: N fine-tuning epochs
-  # sensitivity = "hessian"               # table for searchers that need one (default hessian)
+  # sensitivity = "hessian"               # a table for every run (default: only for searchers that
+  #                                       #   need one, estimated with hessian, as bitsearch search does)
   # latency_table = "table.csv"           # for latency= budgets
   # shared_cache = true                   # runs in one process share evaluations (false: fresh)
 
@@ -148,7 +150,8 @@ class Scoring:
     shared_cache: bool = True
 
     def key_dict(self) -> dict:
-        """What changes results (the cache only changes timings)."""
+        """What changes results (the cache only changes timings); a run's key holds its
+        own sensitivity method (see :func:`run_sensitivity`)."""
         return {"finetune_epochs": self.finetune_epochs, "sensitivity": self.sensitivity,
                 "latency_table": self.latency_table}
 
@@ -165,6 +168,7 @@ class SearcherEntry:
     settings: Mapping[str, Any]
     deterministic: bool
     oracle: bool = False
+    needs_table: bool = False  # the searcher optimises a sensitivity table
 
     def to_dict(self) -> dict:
         return {"label": self.label, "name": self.name, "settings": dict(self.settings),
@@ -391,32 +395,40 @@ def parse_suite(data: Mapping[str, Any], path: str = "<suite>") -> Suite:
 
 
 def _resolve_searchers(suite: Suite) -> Suite:
-    """Fill in determinism and the default sensitivity method from the searcher classes.
+    """Fill in, from the searcher classes, whether each is deterministic and whether it
+    needs a sensitivity table.
 
-    A searcher that is declared but cannot be loaded (not installed yet) keeps
-    ``deterministic=None``; selecting it to run is what raises.
+    A searcher that is declared but cannot be loaded (not installed yet) stays
+    non-deterministic; selecting it to run is what raises.
     """
     from dataclasses import replace
 
     from . import searchers as registry
 
     entries = []
-    needs_table = False
     for entry in suite.searchers:
         try:
             cls = registry.get(entry.name)
         except UserInputError:
-            entries.append(entry)
+            entries.append(replace(entry, deterministic=bool(entry.deterministic)))
             continue
-        needs_table = needs_table or getattr(cls, "needs", "any") == "sensitivity"
         det = entry.deterministic
         if det is None:
             det = bool(getattr(cls, "deterministic", False))
-        entries.append(replace(entry, deterministic=det))
-    scoring = suite.scoring
-    if needs_table and scoring.sensitivity is None and all(v.source_kind == "task" for v in suite.variants):
-        scoring = replace(scoring, sensitivity="hessian")
-    return replace(suite, searchers=tuple(entries), scoring=scoring)
+        from .build import needs_sensitivity
+
+        entries.append(replace(entry, deterministic=det, needs_table=needs_sensitivity(cls)))
+    return replace(suite, searchers=tuple(entries))
+
+
+def run_sensitivity(suite: Suite, entry: SearcherEntry, variant: Variant) -> str | None:
+    """The sensitivity method of a run's problem: the suite's, else ``hessian`` for a
+    searcher that needs a table (what ``bitsearch search`` does), else none."""
+    if suite.scoring.sensitivity:
+        return suite.scoring.sensitivity
+    if entry.needs_table and variant.source_kind == "task":
+        return DEFAULT_SENSITIVITY
+    return None
 
 
 def _bits(value, parse_bits, *, allow_none):
@@ -474,14 +486,17 @@ def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = 
         for bi, budgets in enumerate(suite.budgets):
             for entry in selected:
                 seeds = suite.seeds[:1] if entry.deterministic else suite.seeds
+                sensitivity = run_sensitivity(suite, entry, variant)
+                scoring = dict(suite.scoring.key_dict(), sensitivity=sensitivity)
                 for seed in seeds:
                     key = stable_key(entry.name, dict(entry.settings), list(budgets), seed, variant.to_dict(),
-                                     suite.scoring.key_dict())
+                                     scoring)
                     runs.append({
                         "key": key, "variant": variant.label, "variant_index": vi, "budgets": list(budgets),
                         "budget_label": budget_label(budgets), "budget_index": bi, "label": entry.label,
                         "searcher": entry.name, "settings": dict(entry.settings), "seed": seed,
                         "deterministic": bool(entry.deterministic), "oracle": entry.oracle,
+                        "sensitivity": sensitivity,
                     })
     return runs
 
@@ -554,8 +569,10 @@ class CountingEvaluator:
         return getattr(self._inner, name)
 
 
-# per process: problem source -> {budget set -> Problem}, and source -> shared evaluator
-_PROBLEMS: dict[str, dict[tuple[str, ...], Any]] = {}
+# per process: (source, sensitivity method, budget set) -> Problem; (source, method) ->
+# table; source (or source@width) -> shared evaluator
+_PROBLEMS: dict[tuple, Any] = {}
+_TABLES: dict[tuple, Any] = {}
 _EVALUATORS: dict[str, CountingEvaluator] = {}
 _CACHE_LOCK = threading.RLock()
 
@@ -564,6 +581,7 @@ def clear_problem_cache() -> None:
     """Forget the problems and evaluations this process holds."""
     with _CACHE_LOCK:
         _PROBLEMS.clear()
+        _TABLES.clear()
         _EVALUATORS.clear()
 
 
@@ -581,9 +599,10 @@ def _import_factory(source: str, suite_dir: str):
         raise UserInputError(f"problem {source!r}: module {module_name!r} has no {attr!r}") from None
 
 
-def build_problem(spec: Mapping[str, Any], budgets: Sequence[str]):
-    """The Problem of ``spec`` under ``budgets``, built with the same glue as the command
-    line (:func:`bitsearch.build.problem_for_task`), or by a suite's problem factory."""
+def build_problem(spec: Mapping[str, Any], budgets: Sequence[str], sensitivity: str | None = None):
+    """The Problem of ``spec`` under ``budgets`` (with a ``sensitivity`` table estimated
+    by that method, or none), built with the same glue as the command line
+    (:func:`bitsearch.build.problem_for_task`), or by a suite's problem factory."""
     from .build import ProblemOptions, SpaceOptions
 
     space = spec["space"]
@@ -593,7 +612,7 @@ def build_problem(spec: Mapping[str, Any], budgets: Sequence[str]):
                                  pin_first_last=space.get("pin_first_last"))
     options = ProblemOptions(budgets=tuple(budgets), finetune_epochs=int(scoring["finetune_epochs"]),
                              width_mult=float(space.get("width_mult", 1.0)),
-                             latency_table=scoring.get("latency_table"), sensitivity=scoring.get("sensitivity"))
+                             latency_table=scoring.get("latency_table"), sensitivity=sensitivity)
     if spec["kind"] == "problem":
         factory = _import_factory(spec["source"], spec.get("suite_dir", ""))
         problem = factory(space_options, options)
@@ -607,45 +626,52 @@ def build_problem(spec: Mapping[str, Any], budgets: Sequence[str]):
     return problem_for_task(spec["source"], space_options, options, progress=bool(spec.get("progress")))
 
 
-def _shared_problem(spec: Mapping[str, Any], budgets: Sequence[str]):
+def _source_key(spec: Mapping[str, Any]) -> str:
+    """What the evaluator depends on: the model, the space and how policies are scored."""
+    scoring = {k: v for k, v in spec["scoring"].items() if k not in ("sensitivity", "shared_cache")}
+    return stable_key(spec["kind"], spec["source"], spec["space"], scoring, spec.get("suite_dir"))
+
+
+def _shared_problem(spec: Mapping[str, Any], budgets: Sequence[str], sensitivity: str | None = None):
     """A problem for ``budgets``; with ``shared_cache``, from this process's cache.
 
-    Every budget set of one problem source shares one evaluator (and so its cache of
-    scored policies) and one sensitivity table: both depend on the model and the
+    Every problem of one source shares one evaluator (and so its cache of scored
+    policies), and one sensitivity table per method: both depend on the model and the
     scoring, not on the budget.  Without ``shared_cache`` each run gets a fresh problem.
     """
     if not spec["scoring"].get("shared_cache", True):
-        problem = build_problem(spec, budgets)
+        problem = build_problem(spec, budgets, sensitivity)
         if problem.evaluator is not None:
             problem.evaluator = CountingEvaluator(problem.evaluator, cache=False)
             _count_at_width(problem, problem.evaluator, None)
         return problem
-    source = stable_key(spec["kind"], spec["source"], spec["space"], spec["scoring"], spec.get("suite_dir"))
+    source = _source_key(spec)
     budgets = tuple(budgets)
     with _CACHE_LOCK:
-        built = _PROBLEMS.setdefault(source, {})
-        if budgets in built:
-            return built[budgets]
-        first = next(iter(built.values()), None)
-        if first is not None and spec["kind"] == "task" and first.sensitivity is not None:
-            # estimated once per source: build without it and reuse the first problem's table
+        key = (source, sensitivity, budgets)
+        if key in _PROBLEMS:
+            return _PROBLEMS[key]
+        table = _TABLES.get((source, sensitivity))
+        if table is not None and spec["kind"] == "task":
+            # estimated once per source and method: build without it, then attach it
             from dataclasses import replace
 
-            problem = build_problem(dict(spec, scoring=dict(spec["scoring"], sensitivity=None)), budgets)
-            problem.sensitivity = first.sensitivity
-            problem.sensitivity.check_covers(problem.space)
+            problem = build_problem(spec, budgets, None)
+            table.check_covers(problem.space)
+            problem.sensitivity = table
             if "problem_options" in problem.info:
-                problem.info["problem_options"] = replace(problem.info["problem_options"],
-                                                          sensitivity=spec["scoring"].get("sensitivity"))
+                problem.info["problem_options"] = replace(problem.info["problem_options"], sensitivity=sensitivity)
         else:
-            problem = build_problem(spec, budgets)
+            problem = build_problem(spec, budgets, sensitivity)
+            if sensitivity and problem.sensitivity is not None:
+                _TABLES[(source, sensitivity)] = problem.sensitivity
         if problem.evaluator is not None:
             shared = _EVALUATORS.get(source)
             if shared is None:
                 shared = _EVALUATORS[source] = CountingEvaluator(problem.evaluator)
             problem.evaluator = shared
             _count_at_width(problem, shared, source)
-        built[budgets] = problem
+        _PROBLEMS[key] = problem
         return problem
 
 
@@ -700,7 +726,7 @@ def execute_run(spec: Mapping[str, Any], run: Mapping[str, Any], callback_factor
               "worker": f"{socket.gethostname()}:{os.getpid()}"}
     started = time.perf_counter()
     try:
-        problem = _shared_problem(spec, run["budgets"])
+        problem = _shared_problem(spec, run["budgets"], run.get("sensitivity"))
         searcher = registry.create(run["searcher"], **run["settings"])
         fresh0, eval_s0 = _counter(problem)
         callback = callback_factory(run) if callback_factory else None
