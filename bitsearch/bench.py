@@ -777,6 +777,7 @@ def _outcome(problem, result, axis: str | None) -> dict:
     }
     if model.get("width_mult", 1.0) != 1.0:
         out["width_mult"] = model["width_mult"]
+    out["policy_summary"] = policy_summary(policy)
     # best-so-far along the evaluations: (evaluation number, metric) at each improvement
     progress, best = [], None
     for ev in result.history:
@@ -795,6 +796,20 @@ def _outcome(problem, result, axis: str | None) -> dict:
             [(ev.costs[axis], ev.metrics[objective]) for ev in result.history
              if axis in ev.costs and ev.metrics.get(objective) is not None], higher)
     return out
+
+
+def policy_summary(policy) -> str:
+    """Weight widths in layer order (``8/4/3/2/2/8``), or their mean for kernel-wise
+    policies; ``@x1.25`` for a model at another width multiplier."""
+    bits = [b for _, b in policy.bits]
+    if any(b.per_kernel for b in bits):
+        total = sum(len(b.weight_bits) for b in bits)
+        mean = sum(sum(b.weight_bits) for b in bits) / total
+        text = f"mean {mean:.2f} bit over {total} kernels"
+    else:
+        text = "/".join(str(b.weight_bits) for b in bits)
+    mult = (policy.meta.get("model") or {}).get("width_mult", 1.0)
+    return text + (f" @x{mult:g}" if mult != 1.0 else "")
 
 
 def run_is_exhaustive(result) -> bool:
@@ -1066,7 +1081,8 @@ def collect_results(suite: Suite, runs: Sequence[dict], records: Mapping[str, di
         row = dict(record) if record is not None else {"status": "missing"}
         row.update({k: run[k] for k in ("key", "label", "searcher", "seed", "deterministic", "oracle",
                                         "variant", "budgets", "budget_label")})
-        row.pop("traceback", None) if row.get("status") != "failed" else None
+        if row.get("status") != "failed":
+            row.pop("traceback", None)
         merged.append(row)
     summary = summarize(suite, merged)
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "bitsearch_version": __version__,
@@ -1135,6 +1151,9 @@ def summarize(suite: Suite, runs: Sequence[dict]) -> list[dict]:
             row["fresh_evaluations_mean"] = _mean([r.get("fresh_evaluations", 0) for r in ok])
             row["budget_kept"] = all(r.get("budget_kept") for r in ok)
             row["budget_kept_runs"] = sum(bool(r.get("budget_kept")) for r in ok)
+            best = max(ok, key=lambda r: (r.get("metric") if r.get("metric") is not None else -math.inf)
+                       * (1 if row["higher_is_better"] else -1))
+            row["best_policy"] = best.get("policy_summary", "")
             ref = oracle.get((key[0], key[1]))
             if ref is not None and values:
                 sign = 1.0 if row["higher_is_better"] else -1.0
@@ -1202,8 +1221,8 @@ def render_report(results: Mapping[str, Any]) -> str:
                               if (r["variant"], r["budget"]) == current and r.get("objective")), "metric")
             lines += ["", f"## {title}", "",
                       f"| searcher | runs | {objective} mean ± std | min – max | regret to oracle | {axis} | "
-                      f"of budget | search s | evaluations (fresh) | budget kept |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                      f"of budget | search s | evaluations (fresh) | budget kept | best policy |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines.append(_report_row(row))
     lines += ["", "Columns: the metric is the objective of the problem (top-1 accuracy on the task's test set "
               "after quantization with the policy); spread is the sample standard deviation over seeds and "
@@ -1211,7 +1230,8 @@ def render_report(results: Mapping[str, Any]) -> str:
               "cost is the cost the budget limits, recomputed from the policy; search seconds are wall time "
               "of `search()`; evaluations count the policies a searcher asked to score, fresh ones those not "
               "already scored in the same process (runs of one problem share an evaluation cache, so later "
-              "runs can be faster than they would be alone).", ""]
+              "runs can be faster than they would be alone); best policy: the weight widths, layer by layer, "
+              "of the best run (@xM: a model at width multiplier M).", ""]
     if any(r.get("status") == "failed" for r in runs):
         lines += ["## failures", ""]
         for r in runs:
@@ -1228,7 +1248,7 @@ def _report_row(row) -> str:
     if not row["ok"]:
         why = row.get("message") or ("not run yet" if row.get("missing") else "")
         status = "skipped" if row["skipped"] else ("failed" if row["failed"] else "missing")
-        return f"| {label} | 0 of {row['planned']} ({status}) | {_md(why)} | | | | | | | |"
+        return f"| {label} | 0 of {row['planned']} ({status}) | {_md(why)} | | | | | | | | |"
     objective = row.get("objective")
     runs = f"{row['ok']}" + (" (deterministic)" if row["deterministic"] else "") + (
         f" of {row['planned']}" if row["ok"] != row["planned"] else "")
@@ -1239,12 +1259,27 @@ def _report_row(row) -> str:
                                          f"{format_metric(row['metric_max'], objective)}")
     regret = format_metric(row.get("regret_mean"), objective, signed=True, points=True) if "regret_mean" in row else "–"
     unit = row.get("unit", "")
-    cost = format_cost(row["cost_mean"], unit) if row.get("cost_mean") is not None else "–"
+    cost = _cost_like(row["cost_mean"], row.get("limit"), unit) if row.get("cost_mean") is not None else "–"
     share = f"{100 * row['cost_mean'] / row['limit']:.1f}%" if row.get("limit") and row.get("cost_mean") else "–"
     kept = "yes" if row["budget_kept"] else f"**NO** ({row['budget_kept_runs']} of {row['ok']})"
     evals = f"{row['evaluations_mean']:.0f} ({row['fresh_evaluations_mean']:.0f})"
     return (f"| {label} | {runs} | {mean} | {spread} | {regret} | {cost} | {share} | "
-            f"{row['seconds_mean']:.2f} | {evals} | {kept} |")
+            f"{row['seconds_mean']:.2f} | {evals} | {kept} | {row.get('best_policy', '')} |")
+
+
+def _cost_like(value: float, like: float | None, unit: str) -> str:
+    """``value`` in the same scale as ``format_cost(like)`` (so a column reads evenly)."""
+    from .budget import format_cost
+
+    if like is None:
+        return format_cost(value, unit)
+    shown = format_cost(like, unit)
+    number, _, suffix = shown.partition(" ")
+    try:
+        scale = like / float(number)
+    except (ValueError, ZeroDivisionError):
+        return format_cost(value, unit)
+    return f"{value / scale:.4g} {suffix}"
 
 
 def _md(text: str) -> str:
