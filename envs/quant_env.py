@@ -119,6 +119,10 @@ class QuantEnv(gym.Env):
     reference: the objective value rewards are measured against (default: the widest
         policy's accuracy with an evaluator, as HAQ uses the float accuracy; with a
         table, the loss of the widest uniform policy that keeps every budget).
+    projection_penalty: the reward loses ``projection_penalty * intent lost / units``
+        (squared width steps per unit the projection had to take away).  Without it,
+        asking for more than the budget costs nothing -- the projection cuts evenly --
+        and "widest everywhere" is a flat plateau an agent can get stuck on.
     """
 
     metadata = {"render_modes": []}
@@ -127,7 +131,8 @@ class QuantEnv(gym.Env):
                  reward_scale: float = 1.0, cost_weights: Mapping[str, float] | None = None,
                  objective: str = "auto", budget_mask: bool = False,
                  evaluate: Callable[[Policy], Mapping[str, float]] | None = None,
-                 reference: float | None = None, cache_size: int = 100_000):
+                 reference: float | None = None, projection_penalty: float = 0.0,
+                 cache_size: int = 100_000):
         super().__init__()
         if action_type not in ACTION_TYPES:
             raise UserInputError(f"QuantEnv: action_type {action_type!r} is not one of {', '.join(ACTION_TYPES)}")
@@ -144,6 +149,7 @@ class QuantEnv(gym.Env):
                 raise UserInputError(f"QuantEnv: cost_weights names {name!r}, which the problem does not price "
                                      f"(it prices {', '.join(problem.costs)})")
         self.budget_mask = bool(budget_mask)
+        self.projection_penalty = float(projection_penalty)
         self._custom_evaluate = evaluate
         self._reference = reference
         self._cache: dict[str, Mapping[str, float]] = {}
@@ -175,6 +181,7 @@ class QuantEnv(gym.Env):
             self.action_space = spaces.Discrete(n)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(N_OBS,), dtype=np.float32)
         self.episodes = 0
+        self.last_result: EpisodeResult | None = None
         self.begin()
 
     # ------------------------------------------------------------------ structure
@@ -215,7 +222,7 @@ class QuantEnv(gym.Env):
         self.step_index = np.array(index, dtype=np.int64)
         self.group_first_step = np.array(first, dtype=np.int64)
         self.n_steps = len(index)
-        self.step_group = np.array([g if a else self.unit_group[i] for a, i in zip(is_act, index)],
+        self.step_group = np.array([i if a else self.unit_group[i] for a, i in zip(is_act, index)],
                                    dtype=np.int64)
 
     def _build_costs(self):
@@ -502,8 +509,11 @@ class QuantEnv(gym.Env):
         metrics = self._evaluate(policy)
         value = float(metrics[self.objective])
         reward = self.reward_of(value, policy)
+        if self.projection_penalty and lost:
+            reward -= self.projection_penalty * lost / max(1, self.n_units)
         self.episodes += 1
-        return EpisodeResult(policy, metrics, value, reward, projected, lost, costs, w_idx, a_idx)
+        self.last_result = EpisodeResult(policy, metrics, value, reward, projected, lost, costs, w_idx, a_idx)
+        return self.last_result
 
     def _reference_costs(self, policy: Policy) -> dict[str, float]:
         return {b.cost: self.problem.costs[b.cost].cost(self.space, policy) for b in self.budgets}
@@ -526,27 +536,30 @@ class QuantEnv(gym.Env):
             return w_idx, a_idx, False, 0.0
         nw = self.n_weight_choices
         x = self._w_pos * nw
-        # plan with a hair of margin so float summation order cannot put the reference over
-        limits = self.limits * (1.0 - 1e-9)
         lost_acts = 0.0
         while True:
             costs = self._select_costs(a_idx)
             try:
-                proj = project(x, costs, self._base, limits)
+                proj = project(x, costs, self._base, self.limits)
                 break
             except ValueError:
                 a_idx, step_lost = self._lower_one_act(a_idx)
                 lost_acts += step_lost
-        idx, multiplier = proj.idx, proj.multiplier
+        idx = proj.idx
         policy = self.encoding.decode(idx, a_idx)
+        if not self._fits(policy):
+            # the plan sums per-unit costs in another order than the reference: plan again
+            # with a hair of margin
+            idx = project(x, costs, self._base, self.limits * (1.0 - 1e-9)).idx
+            policy = self.encoding.decode(idx, a_idx)
         if not self._fits(policy):
             # the reference disagrees with the plan (a non-separable cost model, e.g. a
             # latency table that charges a layer its widest kernel): lower further
             spread = np.ptp(costs.sum(axis=0), axis=1)
-            mu = max(multiplier, 1.0 / max(float(spread.max()), 1e-300) * 1e-3)
+            mu = max(proj.multiplier, 1.0 / max(float(spread.max()), 1e-300) * 1e-3)
             for _ in range(80):
                 mu *= 2.0
-                idx = project(x, costs, self._base, limits, min_multiplier=mu).idx
+                idx = project(x, costs, self._base, self.limits, min_multiplier=mu).idx
                 policy = self.encoding.decode(idx, a_idx)
                 if self._fits(policy):
                     break

@@ -1,0 +1,151 @@
+"""Pieces both deep-RL searchers use: the env of a search run, exploration noise, reward
+normalisation, the learning curve, and a tidy process state (threads, global RNGs)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+
+from bitsearch.errors import SearcherSettingsError
+
+
+def truncated_normal(rng: np.random.Generator, mean, sigma: float, low: float, high: float) -> np.ndarray:
+    """Samples of N(mean, sigma) truncated to [low, high] (HAQ's exploration noise).
+
+    Rejection sampling (a few rounds), then clipping of whatever is still outside.
+    """
+    mean = np.asarray(mean, dtype=float)
+    if sigma <= 0:
+        return np.clip(mean, low, high)
+    out = np.atleast_1d(rng.normal(mean, sigma)).astype(float)
+    for _ in range(8):
+        bad = (out < low) | (out > high)
+        if not bad.any():
+            break
+        out[bad] = rng.normal(np.broadcast_to(mean, out.shape)[bad], sigma)
+    out = np.clip(out, low, high)
+    return out.reshape(mean.shape) if mean.ndim else out[0]
+
+
+class RewardNormalizer:
+    """Centres and scales episode rewards with statistics of the first ``n`` episodes.
+
+    HAQ subtracts a moving average of the reward from each sampled batch; fixing the
+    baseline and the scale after the warm-up episodes keeps the stored targets
+    stationary (a replay buffer holds rewards of many past episodes) and makes the
+    critic's scale independent of the reward form (accuracy points, log ratios, or
+    relative loss).
+    """
+
+    def __init__(self, n: int):
+        self.n = max(1, int(n))
+        self.seen: list[float] = []
+        self.mean = 0.0
+        self.scale = 1.0
+        self.ready = False
+
+    def observe(self, reward: float) -> None:
+        if self.ready:
+            return
+        self.seen.append(float(reward))
+        if len(self.seen) >= self.n:
+            values = np.asarray(self.seen)
+            self.mean = float(values.mean())
+            std = float(values.std())
+            self.scale = std if std > 1e-8 else max(abs(self.mean), 1.0)
+            self.ready = True
+
+    def __call__(self, reward):
+        return (np.asarray(reward, dtype=float) - self.mean) / self.scale
+
+
+def check_common_settings(name: str, settings: dict) -> None:
+    episodes = settings.get("episodes")
+    if not isinstance(episodes, int) or episodes < 1:
+        raise SearcherSettingsError(f"{name}: episodes must be a positive integer (got {episodes!r})")
+    warmup = settings.get("warmup")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise SearcherSettingsError(f"{name}: warmup must be a non-negative integer (got {warmup!r})")
+    for key in ("actor_lr", "critic_lr", "tau", "noise", "noise_decay"):
+        if key in settings and not float(settings[key]) >= 0:
+            raise SearcherSettingsError(f"{name}: {key} must be >= 0 (got {settings[key]!r})")
+    if settings.get("objective", "auto") not in ("auto", "sensitivity"):
+        raise SearcherSettingsError(f"{name}: objective must be 'auto' or 'sensitivity'")
+    if settings.get("reward") not in ("haq", "autoq"):
+        raise SearcherSettingsError(f"{name}: reward must be 'haq' or 'autoq' (got {settings.get('reward')!r})")
+
+
+class RunEnv:
+    """The QuantEnv of a search run, wired so that every episode's policy is recorded.
+
+    When the env's reward reads the problem's own objective, every episode goes through
+    ``run.evaluate`` (recorded in the history, cached by the run).  When it reads the
+    cheap sensitivity table while the problem also has an evaluator
+    (``objective="sensitivity"``), the env scores with the table and only policies that
+    beat the best reward so far are evaluated by the run.
+    """
+
+    def __init__(self, problem, run, settings: dict, *, action_type: str = "continuous"):
+        from bitsearch.envs import QuantEnv
+
+        objective = settings.get("objective", "auto")
+        self.run = run
+        self.episode = 0
+        self.total = int(settings["episodes"])
+        self.separate = objective == "sensitivity" and problem.objective != "sensitivity"
+        evaluate = None if self.separate else self._evaluate
+        self.env = QuantEnv(problem, action_type=action_type, reward=settings["reward"],
+                            reward_scale=float(settings.get("reward_scale", 1.0)),
+                            cost_weights=settings.get("cost_weights") or None, objective=objective,
+                            evaluate=evaluate)
+        self.best_reward = -np.inf
+
+    def _evaluate(self, policy):
+        return self.run.evaluate(policy, step=self.episode + 1, total=self.total).metrics
+
+    def after_episode(self, result) -> None:
+        if result.reward > self.best_reward:
+            self.best_reward = float(result.reward)
+            if self.separate:
+                self._evaluate(result.policy)
+
+
+def record_episode(run, env: RunEnv, episode: int, result, *, noise: float, extra: dict | None = None) -> bool:
+    """Append to the learning curve, send the ``episode`` event; False when stopped."""
+    env.after_episode(result)
+    best = run.best
+    entry = {"episode": episode + 1, "reward": round(float(result.reward), 6),
+             "best_reward": round(float(env.best_reward), 6), "value": float(result.value),
+             "best_score": None if best is None else float(best.score), "projected": bool(result.projected),
+             "intent_lost": round(float(result.intent_lost), 4), "noise": round(float(noise), 6),
+             "seconds": round(run.elapsed, 4)}
+    if extra:
+        entry.update(extra)
+    run.info.setdefault("learning_curve", []).append(entry)
+    if run.stopped:
+        return False
+    return run.emit("episode", step=episode + 1, total=env.total, reward=entry["reward"],
+                    best_reward=entry["best_reward"], value=entry["value"], projected=entry["projected"])
+
+
+@contextlib.contextmanager
+def tidy_process(threads: int | None):
+    """Run with ``threads`` torch threads, and leave the global RNGs (which
+    stable-baselines3 reseeds) and the thread count as they were."""
+    import torch
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    torch_state = torch.get_rng_state()
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        torch.set_rng_state(torch_state)

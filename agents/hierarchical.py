@@ -1,0 +1,296 @@
+"""``autoq``: hierarchical deep-RL search in the style of AutoQ (Lou et al., "AutoQ:
+Automated Kernel-Wise Neural Network Quantization", ICLR 2020).
+
+Two controllers share one episode of :class:`~bitsearch.envs.QuantEnv`:
+
+* the **high-level controller** (HLC) acts once per layer (per tied group): from the
+  layer's observation (shape, cost, sensitivity features, budget spent and left, the
+  previous decision) it chooses the activation width (when activations are searched)
+  and a **goal** for the layer's weights: their mean width, as a position in
+  ``[0, 1]`` over the width choices;
+* the **low-level controller** (LLC) chooses the width of every kernel of the layer
+  given the goal.  One shared policy acts on all kernels of a layer **at once**: its
+  observation is the kernel's features (position in the layer, sensitivity from the
+  table when there is one) with the layer's features, the goal, the activation width
+  and the budget left; its action is a deviation from the goal
+  (``position = goal + goal_span * action``), so "meet the goal" is the action 0.
+  A ResNet-18 episode (5,800 kernels) is 18 batched LLC calls, not 5,800 steps, and
+  training takes ``low_gradient_steps`` updates per layer, not per kernel.
+
+Rewards (trained together, after ``warmup`` episodes of random actions):
+
+* extrinsic (HLC): the env's episode reward (AutoQ's logarithmic form by default,
+  ``reward="haq"`` for HAQ's), assigned to every layer decision of the episode and
+  centred/scaled with the warm-up statistics;
+* intrinsic (LLC), per kernel: ``(1 - zeta) * goal term + zeta * credit``.  The goal
+  term charges each kernel its share of the layer's goal error: when the layer's
+  achieved mean width overshoots the goal, kernels above the goal lose
+  ``(position - goal) / goal_span`` and kernels below gain as much, and the other way
+  round when it undershoots (averaged over the layer this is exactly ``-|achieved -
+  goal|``).  The credit is the kernel's part of the extrinsic reward: with a
+  sensitivity table the objective is a sum over kernels, so the credit is the kernel's
+  own loss saved against the goal width (a difference reward); with an evaluator it is
+  the episode's normalised reward, shared.
+
+At layer granularity a layer has one weight unit and the goal is its width (the LLC
+has nothing to decide and is not built).  The budget is kept by the env's projection.
+
+Algorithms (stable-baselines3): HLC ``ddpg`` (AutoQ's), ``td3``, ``sac`` or ``ppo``;
+LLC ``ddpg``, ``td3`` or ``sac`` (its kernel decisions are one-step transitions, which
+an off-policy replay buffer takes in batches).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitsearch.errors import SearcherSettingsError
+from bitsearch.search import BaseSearcher, SearchRun
+
+from .common import RewardNormalizer, RunEnv, check_common_settings, record_episode, tidy_process, truncated_normal
+from .rl import OFF_POLICY, OffPolicyLearner, PPOLearner
+
+HIGH_ALGORITHMS = OFF_POLICY + ("ppo",)
+LOW_EXTRA = 4  # goal, activation position, budget left, kernel's sensitivity rank in its layer
+
+
+class AutoQSearcher(BaseSearcher):
+    name = "autoq"
+    description = "hierarchical DRL (AutoQ, Lou et al. 2020): layer goals, batched kernel widths"
+    defaults = {
+        "episodes": 300,
+        "warmup": 20,
+        "algorithm": "ddpg",
+        "low_algorithm": "ddpg",
+        "actor_lr": 1e-4,
+        "critic_lr": 1e-3,
+        "low_actor_lr": 3e-4,
+        "low_critic_lr": 1e-3,
+        "net_arch": [300, 300],
+        "low_net_arch": [64, 64],
+        "batch_size": 64,
+        "low_batch_size": 256,
+        "buffer_episodes": 128,
+        "low_buffer_size": 200_000,
+        "tau": 0.01,
+        "gamma": 0.0,
+        "noise": 0.5,
+        "low_noise": 0.3,
+        "noise_decay": 0.99,
+        "gradient_steps": 1,
+        "low_gradient_steps": 1,
+        "zeta": 0.5,
+        "goal_span": 0.5,
+        "ppo_episodes": 8,
+        "reward": "autoq",
+        "reward_scale": 1.0,
+        "cost_weights": {},
+        "objective": "auto",
+        "threads": 1,
+    }
+
+    def check(self, problem):
+        super().check(problem)
+        s = self.settings
+        check_common_settings(self.name, s)
+        if str(s["algorithm"]).lower() not in HIGH_ALGORITHMS:
+            raise SearcherSettingsError(f"autoq: algorithm {s['algorithm']!r} (high level) is not one of "
+                                        f"{', '.join(HIGH_ALGORITHMS)}")
+        if str(s["low_algorithm"]).lower() not in OFF_POLICY:
+            raise SearcherSettingsError(f"autoq: low_algorithm {s['low_algorithm']!r} is not one of "
+                                        f"{', '.join(OFF_POLICY)} (kernel decisions go through a replay buffer)")
+        if not 0.0 <= float(s["zeta"]) <= 1.0:
+            raise SearcherSettingsError("autoq: zeta must be between 0 and 1")
+        if not float(s["goal_span"]) > 0:
+            raise SearcherSettingsError("autoq: goal_span must be positive")
+
+    def _search(self, problem, run: SearchRun):
+        with tidy_process(self.settings["threads"]):
+            _AutoQRun(self.settings, problem, run).loop()
+        return None  # the best evaluated policy
+
+
+class _AutoQRun:
+    """The state of one autoq search."""
+
+    def __init__(self, settings, problem, run: SearchRun):
+        s = self.s = settings
+        self.run = run
+        self.wrapped = RunEnv(problem, run, s, action_type="continuous")
+        env = self.env = self.wrapped.env
+        self.kernel_wise = problem.space.granularity == "kernel"
+        self.high_dim = 2 if env.act_searched else 1
+        self.algorithm = str(s["algorithm"]).lower()
+        self.low_algorithm = str(s["low_algorithm"]).lower()
+        self.rng = np.random.default_rng(run.seed)
+        obs_dim = env.observation_space.shape[0]
+        groups = env.n_groups
+        if self.algorithm == "ppo":
+            n_steps = groups * max(1, int(s["ppo_episodes"]))
+            self.high = PPOLearner(obs_dim, self.high_dim, learning_rate=float(s["actor_lr"]) * 3,
+                                   net_arch=s["net_arch"], n_steps=n_steps,
+                                   batch_size=min(int(s["batch_size"]), n_steps), n_epochs=10, gamma=1.0,
+                                   seed=run.seed)
+        else:
+            self.high = OffPolicyLearner(
+                self.algorithm, obs_dim, self.high_dim, actor_lr=float(s["actor_lr"]),
+                critic_lr=float(s["critic_lr"]), net_arch=s["net_arch"],
+                buffer_size=max(int(s["buffer_episodes"]) * groups, int(s["batch_size"])), tau=float(s["tau"]),
+                gamma=float(s["gamma"]), seed=run.seed)
+        self.low = None
+        if self.kernel_wise:
+            self.low = OffPolicyLearner(
+                self.low_algorithm, obs_dim - 3 + LOW_EXTRA, 1, actor_lr=float(s["low_actor_lr"]),
+                critic_lr=float(s["low_critic_lr"]), net_arch=s["low_net_arch"],
+                buffer_size=int(s["low_buffer_size"]), tau=float(s["tau"]), gamma=0.0, seed=run.seed + 1)
+            self._prepare_kernel_features()
+        self.normalize = RewardNormalizer(max(int(s["warmup"]), 1))
+        self.pending_high: list = []
+        self.pending_low: list = []
+
+    def _prepare_kernel_features(self):
+        env = self.env
+        sens = env.unit_sensitivity
+        nw = env.n_weight_choices
+        self.unit_rank = np.full(env.n_units, 0.5)
+        self.credit_scale = 1.0
+        if sens is not None:
+            drop = sens[:, 0] - sens[:, -1]
+            for g, units in enumerate(env.group_units):
+                if units.size > 1:
+                    order = np.argsort(np.argsort(drop[units], kind="stable"), kind="stable")
+                    self.unit_rank[units] = order / (units.size - 1)
+            self.credit_scale = float(np.mean(np.abs(drop))) or 1.0
+        self.goal_centres = (np.arange(nw) + 0.5) / nw
+
+    # ------------------------------------------------------------------ acting
+    def _high_action(self, obs, episode, sigma, exploring):
+        if exploring:
+            return self.rng.uniform(-1.0, 1.0, self.high_dim), None
+        if self.algorithm == "ppo":
+            action, raw, value, log_prob = self.high.act(obs[None])
+            return action[0], (raw[0], value[0], log_prob[0])
+        if self.algorithm == "sac":
+            return self.high.act(obs[None], deterministic=False)[0], None
+        mean = (self.high.act(obs[None])[0] + 1.0) / 2.0
+        return 2.0 * truncated_normal(self.rng, mean, sigma, 0.0, 1.0) - 1.0, None
+
+    def _low_actions(self, obs, sigma, exploring):
+        if exploring:
+            return self.rng.uniform(-1.0, 1.0, obs.shape[0])
+        if self.low_algorithm == "sac":
+            return self.low.act(obs, deterministic=False)[:, 0]
+        mean = self.low.act(obs)[:, 0]
+        return truncated_normal(self.rng, mean, 2.0 * sigma, -1.0, 1.0)
+
+    # ------------------------------------------------------------------ one episode
+    def episode(self, episode: int):
+        s, env = self.s, self.env
+        warmup = int(s["warmup"])
+        exploring = episode < warmup and self.algorithm != "ppo"
+        decay = float(s["noise_decay"]) ** max(0, episode - warmup)
+        sigma, low_sigma = float(s["noise"]) * decay, float(s["low_noise"]) * decay
+        span = float(s["goal_span"])
+        env.begin()
+        high_obs, high_act, high_extra, low_batches = [], [], [], []
+        for g in range(env.n_groups):
+            obs = env.group_observation(g)
+            action, extra = self._high_action(obs, episode, sigma, exploring)
+            act_position = (action[0] + 1.0) / 2.0 if env.act_searched else 1.0
+            goal = (action[-1] + 1.0) / 2.0
+            env.decide_act(g, act_position)
+            units = env.group_units[g]
+            if self.kernel_wise:
+                features = env.unit_features(g)
+                room = obs[16]
+                low_obs = np.empty((units.size, features.shape[1] + LOW_EXTRA), dtype=np.float32)
+                low_obs[:, :features.shape[1]] = features
+                low_obs[:, -4] = goal
+                low_obs[:, -3] = act_position
+                low_obs[:, -2] = room
+                low_obs[:, -1] = self.unit_rank[units]
+                deviation = self._low_actions(low_obs, low_sigma, exploring)
+                positions = np.clip(goal + span * deviation, 0.0, 1.0)
+                idx = env.decide_weights(units, positions)
+                low_batches.append((units, low_obs, deviation, idx, goal))
+            else:
+                env.decide_weights(units, np.full(units.size, goal))
+            high_obs.append(obs)
+            high_act.append(action)
+            high_extra.append(extra)
+        result = env.finish()
+        return result, (high_obs, high_act, high_extra, low_batches), (sigma, low_sigma)
+
+    # ------------------------------------------------------------------ learning
+    def _low_rewards(self, low_batches, normalized_reward):
+        env, s = self.env, self.s
+        zeta, span = float(s["zeta"]), float(s["goal_span"])
+        sens = env.unit_sensitivity
+        separable = sens is not None and env.objective == "sensitivity"
+        nw = env.n_weight_choices
+        out = []
+        for units, low_obs, deviation, idx, goal in low_batches:
+            achieved = self.goal_centres[idx]
+            error = float(achieved.mean() - goal)
+            goal_term = -np.sign(error) * (achieved - goal) / span
+            if separable:
+                goal_idx = min(int(goal * nw), nw - 1)
+                credit = (sens[units, goal_idx] - sens[units, idx]) / self.credit_scale
+            else:
+                credit = np.full(units.size, float(normalized_reward))
+            out.append((low_obs, deviation, (1.0 - zeta) * goal_term + zeta * credit))
+        return out
+
+    def learn(self, episode: int, result, trace):
+        s = self.s
+        high_obs, high_act, high_extra, low_batches = trace
+        groups = len(high_obs)
+        self.normalize.observe(result.reward)
+        if self.algorithm == "ppo":
+            reward = float(self.normalize(result.reward)) if self.normalize.ready else 0.0
+            if self.normalize.ready and high_extra[0] is not None:
+                rewards = np.zeros(groups)
+                rewards[-1] = reward
+                raw = [e[0] for e in high_extra]
+                values = [e[1] for e in high_extra]
+                log_probs = [e[2] for e in high_extra]
+                self.high.add_episode(high_obs, raw, rewards, values, log_probs)
+        else:
+            obs = np.asarray(high_obs, dtype=np.float32)
+            next_obs = np.vstack([obs[1:], obs[-1:]])
+            dones = np.zeros(groups)
+            dones[-1] = 1.0
+            self.pending_high.append((obs, np.asarray(high_act), next_obs, dones, result.reward))
+        if self.low is not None:
+            self.pending_low.append((low_batches, result.reward))
+        if not self.normalize.ready:
+            return
+        for obs, act, next_obs, dones, reward in self.pending_high:
+            self.high.add(obs, act, np.full(len(obs), float(self.normalize(reward))), next_obs, dones)
+        self.pending_high.clear()
+        for batches, reward in self.pending_low:
+            for low_obs, deviation, rewards in self._low_rewards(batches, float(self.normalize(reward))):
+                self.low.add(low_obs, deviation, rewards, low_obs, np.ones(len(rewards)))
+        self.pending_low.clear()
+        if episode < int(s["warmup"]):
+            return
+        if self.algorithm != "ppo":
+            self.high.train(int(s["gradient_steps"]) * groups, int(s["batch_size"]))
+        if self.low is not None:
+            self.low.train(int(s["low_gradient_steps"]) * len(low_batches), int(s["low_batch_size"]))
+
+    def loop(self):
+        episodes = int(self.s["episodes"])
+        for episode in range(episodes):
+            self.wrapped.episode = episode
+            result, trace, (sigma, _) = self.episode(episode)
+            self.learn(episode, result, trace)
+            exploring = episode < int(self.s["warmup"]) and self.algorithm != "ppo"
+            if not record_episode(self.run, self.wrapped, episode, result, noise=0.0 if exploring else sigma):
+                break
+        self.run.info["agent"] = {
+            "high": self.algorithm, "low": self.low_algorithm if self.low is not None else None,
+            "high_decisions_per_episode": self.env.n_groups,
+            "kernel_batches_per_episode": self.env.n_groups if self.low is not None else 0,
+            "high_updates": self.high.updates, "low_updates": 0 if self.low is None else self.low.updates,
+            "env": self.env.describe()}
