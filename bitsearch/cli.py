@@ -17,7 +17,7 @@ from . import __version__
 from .errors import UserInputError
 
 # modules that add subcommands: register(subparsers) -> None
-COMMAND_MODULES: list[str] = ["bitsearch.commands.bench"]
+COMMAND_MODULES: list[str] = ["bitsearch.commands.bench", "bitsearch.commands.importer"]
 
 EPILOG = """\
 examples:
@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="convert a policy to another tool's format")
     p.add_argument("policy", help="policy JSON file")
-    p.add_argument("--to", required=True, help="target format: csv")
+    p.add_argument("--to", required=True, help="target format: csv, hawq (HAWQ-V3 bit_config), nncf (NNCF bitwidth_per_scope)")
     p.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     p.set_defaults(func=cmd_export)
 

@@ -7,6 +7,7 @@ import csv
 import io
 
 from .errors import UserInputError
+from .interop import to_hawq, to_nncf
 from .policy import Policy
 
 
@@ -29,7 +30,7 @@ def to_csv(policy: Policy) -> str:
     return out.getvalue()
 
 
-FORMATS = {"csv": to_csv}
+FORMATS = {"csv": to_csv, "hawq": to_hawq, "nncf": to_nncf}
 
 
 def export_policy(policy: Policy, fmt: str) -> str:
