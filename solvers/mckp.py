@@ -1,0 +1,368 @@
+"""Multiple-choice knapsack: the fast exact path of the ``ilp`` searcher.
+
+One budget over separable costs is a multiple-choice knapsack problem (MCKP): every
+decision unit ``i`` takes exactly one choice ``j`` with value ``values[i, j]`` (the
+sensitivity, minimised) and cost ``costs[i, j]``, and the costs add up to at most
+``capacity``.
+
+:func:`solve_mckp` solves it in four vectorised steps and one small search:
+
+1. *Dominance and hulls.*  Per unit, choices that cost more without being better are
+   dropped, then those above the lower convex hull of (cost, value).
+2. *LP relaxation.*  The LP optimum of an MCKP is the greedy walk along the hulls: start
+   every unit at its cheapest choice and take the hull steps in order of decreasing
+   efficiency (value saved per unit of cost) until the budget is spent.  The step that
+   does not fit (the *critical* step) gives the Lagrange multiplier ``lam`` and the LP
+   bound, a proven lower bound on the optimum; the steps taken give a feasible solution
+   (an upper bound), which a fill pass improves.
+3. *Reduced-cost fixing.*  With ``r[i, j] = values[i, j] + lam * costs[i, j] - min_j(...)``
+   every feasible solution has ``objective >= L(lam) + sum_i r[i, x_i]``, where
+   ``L(lam)`` is the Lagrangian (= LP) bound.  So a solution better than the incumbent
+   uses in each unit only choices with ``r < incumbent - L``.  Almost every unit keeps a
+   single choice and is fixed; the few left form the *core*.
+4. *Branch and bound* over the core, depth first, pruned by that same Lagrangian bound
+   (plus ``lam`` times the slack the remaining units cannot fill) and by capacity.
+
+The result is optimal up to ``gap`` (relative) when the search completes, which is
+the rule; when ``max_nodes`` is reached first, the incumbent is returned with the
+proven LP bound and the gap between them.  numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MCKPSolution", "KnapsackInfeasible", "solve_mckp"]
+
+
+class KnapsackInfeasible(ValueError):
+    """Even the cheapest choice of every unit exceeds the capacity."""
+
+    def __init__(self, cheapest: float, capacity: float):
+        self.cheapest = cheapest
+        self.capacity = capacity
+        super().__init__(f"the cheapest choice of every unit costs {cheapest!r}, more than the capacity {capacity!r}")
+
+
+@dataclass(frozen=True)
+class MCKPSolution:
+    """``choice[i]`` indexes the columns of the input for unit ``i``.
+
+    ``bound`` is a proven lower bound on the optimum; ``gap`` is
+    ``(objective - bound) / max(|objective|, tiny)``.  ``status`` is ``optimal`` when the
+    search proved the gap at or under the requested one, ``node_limit`` otherwise.
+    """
+
+    choice: np.ndarray
+    objective: float
+    cost: float
+    bound: float
+    gap: float
+    status: str
+    lp_bound: float
+    lagrange: float
+    core_units: int
+    nodes: int
+    seconds: float
+
+    def summary(self) -> dict:
+        return {"status": self.status, "objective": self.objective, "bound": self.bound, "gap": self.gap,
+                "lp_bound": self.lp_bound, "lagrange": self.lagrange, "core_units": self.core_units,
+                "nodes": self.nodes, "seconds": round(self.seconds, 4)}
+
+
+def _relative(gap_abs: float, objective: float) -> float:
+    return max(0.0, gap_abs) / max(abs(objective), 1e-300)
+
+
+def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: int = 200_000,
+               allowed=None) -> MCKPSolution:
+    """Minimise ``sum_i values[i, x_i]`` subject to ``sum_i costs[i, x_i] <= capacity``.
+
+    ``values`` and ``costs`` have shape ``(units, choices)``; a choice with a non-finite
+    value or cost, or ``allowed[i, j] == False``, is not available.  ``capacity`` may be
+    ``inf`` (no budget).  Raises :class:`KnapsackInfeasible` when no choice fits.
+    """
+    started = time.perf_counter()
+    V = np.asarray(values, dtype=float)
+    C = np.asarray(costs, dtype=float)
+    if V.ndim != 2 or V.shape != C.shape:
+        raise ValueError(f"values and costs must be 2-D arrays of one shape (got {V.shape} and {C.shape})")
+    n, m = V.shape
+    valid = np.isfinite(V) & np.isfinite(C)
+    if allowed is not None:
+        valid &= np.asarray(allowed, dtype=bool)
+    if n and not valid.any(axis=1).all():
+        bad = int(np.flatnonzero(~valid.any(axis=1))[0])
+        raise ValueError(f"unit {bad} has no available choice")
+    if n == 0:
+        if capacity < 0:
+            raise KnapsackInfeasible(0.0, capacity)
+        return MCKPSolution(np.zeros(0, dtype=int), 0.0, 0.0, 0.0, 0.0, "optimal", 0.0, 0.0, 0, 0,
+                            time.perf_counter() - started)
+
+    # --- 1. sort by cost (then value), drop dominated choices, keep the lower hull ----------
+    Cm = np.where(valid, C, np.inf)
+    Vm = np.where(valid, V, np.inf)
+    order = np.lexsort((Vm, Cm))  # per row (last axis): by cost, then value
+    Cs = np.take_along_axis(Cm, order, axis=1)
+    Vs = np.take_along_axis(Vm, order, axis=1)
+    ok = np.isfinite(Cs)
+    best_before = np.minimum.accumulate(np.concatenate([np.full((n, 1), np.inf), Vs[:, :-1]], axis=1), axis=1)
+    keep = ok & (Vs < best_before)
+    keep[:, 0] = True  # the cheapest choice of each unit (always available)
+    cols = np.arange(m)
+    rows = np.arange(n)[:, None]
+    while True:
+        marked = np.where(keep, cols, -1)
+        prev = np.maximum.accumulate(np.concatenate([np.full((n, 1), -1), marked[:, :-1]], axis=1), axis=1)
+        marked_next = np.where(keep, cols, m)
+        nxt = np.minimum.accumulate(np.concatenate([marked_next[:, 1:], np.full((n, 1), m)], axis=1)[:, ::-1],
+                                    axis=1)[:, ::-1]
+        inner = keep & (prev >= 0) & (nxt < m)
+        if not inner.any():
+            break
+        p = np.clip(prev, 0, m - 1)
+        q = np.clip(nxt, 0, m - 1)
+        cp, vp = Cs[rows, p], Vs[rows, p]
+        cq, vq = Cs[rows, q], Vs[rows, q]
+        with np.errstate(invalid="ignore"):
+            above = (Vs - vp) * (cq - cp) >= (vq - vp) * (Cs - cp)
+        drop = inner & above
+        if not drop.any():
+            break
+        keep &= ~drop
+
+    # --- 2. LP relaxation: greedy along the hull steps ---------------------------------------
+    base_cost = Cs[:, 0]
+    base_value = Vs[:, 0]
+    cheapest = math.fsum(base_cost)
+    if cheapest > capacity:
+        raise KnapsackInfeasible(cheapest, capacity)
+    marked = np.where(keep, cols, -1)
+    prev = np.maximum.accumulate(np.concatenate([np.full((n, 1), -1), marked[:, :-1]], axis=1), axis=1)
+    step_mask = keep & (prev >= 0)
+    s_unit, s_to = np.nonzero(step_mask)          # row-major: per unit, steps in hull order
+    s_from = prev[s_unit, s_to]
+    dc = Cs[s_unit, s_to] - Cs[s_unit, s_from]
+    dv = Vs[s_unit, s_to] - Vs[s_unit, s_from]
+    eff = -dv / dc
+    if eff.size:
+        # within a unit the efficiencies decrease; make that hold in floating point too,
+        # so that the global order takes each unit's steps in hull order
+        starts = np.r_[True, s_unit[1:] != s_unit[:-1]]
+        for _ in range(m):
+            lower = np.r_[np.inf, eff[:-1]]
+            fixed = np.where(starts, eff, np.minimum(eff, lower))
+            if np.array_equal(fixed, eff):
+                break
+            eff = fixed
+    s_rank = np.arange(eff.size)
+    order_steps = np.lexsort((s_rank, -eff))
+    s_unit, s_from, s_to, dc, dv, eff = (a[order_steps] for a in (s_unit, s_from, s_to, dc, dv, eff))
+    room = capacity - cheapest
+    cum_dc = np.cumsum(dc)
+    taken = int(np.searchsorted(cum_dc, room, side="right")) if eff.size else 0
+
+    def hull_choice(count: int) -> np.ndarray:
+        pos = np.zeros(n, dtype=int)  # sorted-column index of each unit's choice
+        if count:
+            np.maximum.at(pos, s_unit[:count], s_to[:count])
+        return pos
+
+    pos = hull_choice(taken)
+    total_cost = math.fsum(Cs[np.arange(n), pos])
+    while total_cost > capacity and taken > 0:  # floating-point guard on the cumulative sum
+        taken -= 1
+        pos = hull_choice(taken)
+        total_cost = math.fsum(Cs[np.arange(n), pos])
+    incumbent = pos.copy()
+    upper = math.fsum(Vs[np.arange(n), pos])
+    if taken == eff.size:  # every unit at its best hull point: the budget does not bind
+        lam = 0.0
+        lower = upper
+        lp_bound = upper
+    else:
+        lam = float(eff[taken])
+        prefix_dv = math.fsum(dv[:taken])
+        used = float(cum_dc[taken - 1]) if taken else 0.0
+        lp_bound = math.fsum(base_value) + prefix_dv + (room - used) / dc[taken] * dv[taken]
+        # fill: later steps that still fit, each unit's steps kept in hull order
+        residual = capacity - total_cost
+        blocked = np.zeros(n, dtype=bool)
+        blocked[s_unit[taken]] = True
+        limit = min(eff.size, taken + 1 + 50_000)
+        for t in range(taken + 1, limit):
+            u = s_unit[t]
+            if blocked[u]:
+                continue
+            if dc[t] <= residual and pos[u] == s_from[t]:
+                pos[u] = s_to[t]
+                residual -= dc[t]
+            else:
+                blocked[u] = True
+            if residual <= 0:
+                break
+        fill_cost = math.fsum(Cs[np.arange(n), pos])
+        fill_value = math.fsum(Vs[np.arange(n), pos])
+        if fill_cost <= capacity and fill_value < upper:
+            incumbent, upper, total_cost = pos.copy(), fill_value, fill_cost
+        lower = lp_bound
+
+    eps = 1e-12 * (abs(upper) + abs(lower)) + 1e-300
+    tol = max(gap * abs(upper), eps)
+    nodes = 0
+    core_units = 0
+    status = "optimal"
+    if upper - lower > tol:
+        # --- 3. reduced-cost fixing at the Lagrange multiplier --------------------------------
+        R = Vs + lam * Cs
+        rmin = np.min(np.where(ok, R, np.inf), axis=1)
+        lagrangian = math.fsum(rmin) - lam * capacity
+        lower = max(lower, lagrangian) if np.isfinite(lagrangian) else lower
+        reduced = np.where(ok, R - rmin[:, None], np.inf)
+        delta = upper - lagrangian
+        survive = ok & (reduced < delta - tol)
+        # a choice equal in cost and value to a kept one adds nothing; dominated ones neither
+        survive &= (Vs < best_before) | (cols == 0)
+        counts = survive.sum(axis=1)
+        fixed_units = np.flatnonzero(counts == 1)
+        core = np.flatnonzero(counts >= 2)
+        core_units = int(core.size)
+        fixed_pos = np.argmax(survive[fixed_units], axis=1)
+        fixed_cost = math.fsum(Cs[fixed_units, fixed_pos])
+        fixed_value = math.fsum(Vs[fixed_units, fixed_pos])
+        # --- 4. depth-first branch and bound over the core --------------------------------------
+        best_core, best_value, nodes, complete = _branch_and_bound(
+            Cs[core], Vs[core], reduced[core], survive[core], capacity - fixed_cost, lam,
+            target=upper - fixed_value - tol, delta=delta, tol=tol, max_nodes=max_nodes)
+        if best_core is not None:
+            candidate = incumbent.copy()
+            candidate[fixed_units] = fixed_pos
+            candidate[core] = best_core
+            cand_cost = math.fsum(Cs[np.arange(n), candidate])
+            cand_value = math.fsum(Vs[np.arange(n), candidate])
+            if cand_cost <= capacity and cand_value < upper:
+                incumbent, upper, total_cost = candidate, cand_value, cand_cost
+        if complete:
+            lower = max(lower, upper - tol)
+        else:
+            status = "node_limit"
+    choice = order[np.arange(n), incumbent]
+    objective = math.fsum(V[np.arange(n), choice])
+    cost = math.fsum(C[np.arange(n), choice])
+    lower = min(lower, objective)
+    return MCKPSolution(choice, objective, cost, lower, _relative(objective - lower, objective), status,
+                        float(lp_bound), lam, core_units, nodes, time.perf_counter() - started)
+
+
+def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, tol, max_nodes):
+    """Exact search over the core units, as sets of deviations from the Lagrangian choice.
+
+    Every core unit starts at its *base* choice (reduced cost 0, the cheapest such); a
+    solution is a set of *deviations* (unit, other surviving choice), each with its
+    reduced cost ``r``.  For a solution, ``objective - L = sum(r) + lam * slack``, so only
+    deviation sets with ``sum(r) < delta`` can improve on the incumbent.  Units are sorted
+    by their smallest deviation, so a search node extends its set only with units whose
+    smallest deviation still fits, and each node is also a complete solution (the other
+    units at base), checked in O(1).  Nodes are pruned by that bound, by ``lam`` times the
+    slack that the remaining units cannot fill, and by capacity.
+
+    Returns (best choices or None, best value, nodes, complete): the best assignment of
+    value < ``target`` within ``capacity``, or None when the search proved there is none.
+    """
+    k = C.shape[0]
+    if k == 0:
+        return None, math.inf, 0, True
+    base = np.empty(k, dtype=int)
+    devs = []
+    for i in range(k):
+        js = np.flatnonzero(survive[i])
+        r = reduced[i, js]
+        zero = js[r <= r.min() + tol * 1e-6]
+        b = int(zero[np.argmin(C[i, zero])])
+        base[i] = b
+        others = js[js != b]
+        others = others[np.argsort(reduced[i, others], kind="stable")]
+        devs.append((others, reduced[i, others], C[i, others] - C[i, b], V[i, others] - V[i, b]))
+    mindev = np.array([d[1][0] if d[0].size else np.inf for d in devs])
+    unit_order = np.argsort(mindev, kind="stable")
+    devs = [devs[i] for i in unit_order]
+    mindev = mindev[unit_order].tolist()
+    neg = np.array([min(0.0, d[2].min()) if d[0].size else 0.0 for d in devs])
+    pos = np.array([max(0.0, d[2].max()) if d[0].size else 0.0 for d in devs])
+    neg_suffix = np.r_[np.cumsum(neg[::-1])[::-1], 0.0].tolist()  # most cost units > u can shed
+    pos_suffix = np.r_[np.cumsum(pos[::-1])[::-1], 0.0].tolist()  # most cost units > u can add
+    devs = [(d[0].tolist(), d[1].tolist(), d[2].tolist(), d[3].tolist()) for d in devs]
+    base_cost = math.fsum(C[np.arange(k), base])
+    base_value = math.fsum(V[np.arange(k), base])
+
+    best_value = target
+    best_set = None
+    limit = delta - tol  # an improving solution has sum(r) + lam * slack < limit
+    nodes = 0
+    complete = True
+    path: list[tuple[int, int]] = []
+    # a frame: [next unit, next deviation of that unit, rho, added cost, added value]
+    stack = [[0, 0, 0.0, 0.0, 0.0]]
+    cost = base_cost
+    if cost <= capacity and base_value < best_value:
+        best_value, best_set = base_value - tol, []
+        limit = min(limit, lam * (capacity - cost) - tol)
+    while stack:
+        frame = stack[-1]
+        u, t, rho, d_cost, d_value = frame
+        child = None
+        while u < k:
+            if rho + mindev[u] >= limit:
+                u = k  # units are sorted by their smallest deviation: none further fits
+                break
+            others, rs, dcs, dvs = devs[u]
+            while t < len(others):
+                r = rho + rs[t]
+                if r >= limit:
+                    t = len(others)
+                    break
+                c = d_cost + dcs[t]
+                t += 1
+                if base_cost + c + neg_suffix[u + 1] > capacity:
+                    continue
+                slack_lb = capacity - (base_cost + c + pos_suffix[u + 1])
+                if slack_lb > 0 and r + lam * slack_lb >= limit:
+                    continue
+                child = (u, t - 1, r, c, d_value + dvs[t - 1])
+                break
+            if child is not None:
+                break
+            u, t = u + 1, 0
+        frame[0], frame[1] = u, t
+        if child is None:
+            stack.pop()
+            if path:
+                path.pop()
+            continue
+        nodes += 1
+        if nodes > max_nodes:
+            complete = False
+            break
+        cu, ct, r, c, v = child
+        path.append((cu, ct))
+        stack.append([cu + 1, 0, r, c, v])
+        total_cost = base_cost + c
+        if total_cost <= capacity:
+            value = base_value + v
+            if value < best_value:
+                best_value, best_set = value - tol, list(path)
+                limit = min(limit, r + lam * (capacity - total_cost) - tol)
+    if best_set is None:
+        return None, math.inf, nodes, complete
+    chosen = base[unit_order].copy()
+    for cu, ct in best_set:
+        chosen[cu] = devs[cu][0][ct]
+    out = np.empty(k, dtype=int)
+    out[unit_order] = chosen
+    return out, best_value + tol, nodes, complete
