@@ -1,0 +1,86 @@
+"""The on-disk cache of tasks: generated data sets and trained float weights.
+
+Where: ``$BITSEARCH_CACHE`` if set, else ``$XDG_CACHE_HOME/bitsearch``, else
+``~/.cache/bitsearch``.  Every file is written atomically (a temporary file in the same
+folder, then a rename), so a killed process never leaves a half-written file under a
+final name; a lock file makes concurrent processes that need the same entry wait for
+the first one instead of all computing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+CACHE_ENV = "BITSEARCH_CACHE"
+
+
+def cache_dir() -> Path:
+    """The root of bitsearch's cache (not created here)."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "bitsearch"
+
+
+def stable_hash(payload: Any, length: int = 16) -> str:
+    """A short hex digest of a JSON-serialisable payload (keys sorted, so order-free)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def _json_default(value):
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot hash a value of type {type(value).__name__} into a cache key")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a task name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "task"
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through ``write(binary_file)`` atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` + ``.lock`` (POSIX); a no-op where
+    ``fcntl`` does not exist.  The lock file is left in place (removing it would race)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
