@@ -1,0 +1,125 @@
+"""``mnist1d-cnn``: MNIST-1D generated offline, and a 1-D CNN with six quantizable layers.
+
+The data come from the ``mnist1d`` package's own generator (``make_dataset``) with its
+default settings except ``num_samples = 10000``: 8,000 training and 2,000 test series of
+length 40, ten classes.  Its ``get_dataset()`` downloads a file; it is never called.
+Generating takes a few seconds, so the arrays are cached on disk (``data/`` under the
+cache directory), keyed by the generator's settings.  The generator seeds numpy's and
+Python's global RNGs; their states are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Task, TaskData, TrainRecipe, scale_width
+from .cache import atomic_write, cache_dir, file_lock, stable_hash
+from .registry import describe
+
+NAME = "mnist1d-cnn"
+NUM_SAMPLES = 10_000
+SEQUENCE_LENGTH = 40
+RECIPE = TrainRecipe(epochs=40, lr=3e-3, batch_size=128, weight_decay=1e-4, optimizer="adamw", seed=0)
+
+
+def generator_settings() -> dict:
+    """The mnist1d generator's settings used here (its defaults, 10,000 samples)."""
+    from mnist1d.data import get_dataset_args
+
+    settings = dict(get_dataset_args(as_dict=True))
+    settings.pop("url", None)  # where get_dataset() would download from: not a data setting
+    settings["num_samples"] = NUM_SAMPLES
+    return settings
+
+
+def generate(settings: dict) -> dict[str, np.ndarray]:
+    """Run mnist1d's generator offline; the global numpy and Python RNG states are kept."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    for key, value in settings.items():
+        setattr(args, key, value)
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        dataset = make_dataset(args)
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    return {"x_train": dataset["x"].astype(np.float32), "y_train": dataset["y"].astype(np.int64),
+            "x_test": dataset["x_test"].astype(np.float32), "y_test": dataset["y_test"].astype(np.int64)}
+
+
+def data_path(settings: dict):
+    return cache_dir() / "data" / f"mnist1d-{stable_hash(settings)}.npz"
+
+
+def _read(path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    except Exception:  # corrupt or foreign: generate again
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _arrays(settings_key: str) -> dict[str, np.ndarray]:
+    import json
+
+    settings = json.loads(settings_key)
+    path = data_path(settings)
+    arrays = _read(path)
+    if arrays is None:
+        with file_lock(path):
+            arrays = _read(path)
+            if arrays is None:
+                arrays = generate(settings)
+                atomic_write(path, lambda handle: np.savez(handle, **arrays))
+    return arrays
+
+
+def load_data() -> TaskData:
+    import json
+
+    arrays = _arrays(json.dumps(generator_settings(), sort_keys=True))
+    return TaskData(*(torch.from_numpy(arrays[key]).unsqueeze(1) if key.startswith("x") else
+                      torch.from_numpy(arrays[key]) for key in ("x_train", "y_train", "x_test", "y_test")))
+
+
+class Mnist1dCNN(nn.Module):
+    """Four 1-D convolutions and two linear layers, ReLU between, dropout (0.3) before each
+    linear layer.  conv1 1->32 (k5), conv2 32->32 (k3, stride 2), conv3 32->32 (k3,
+    stride 2), conv4 32->32 (k3), fc1 320->64, fc2 64->10: about 150k MACs per sample.
+    Channels and hidden units scale with ``width_mult``."""
+
+    def __init__(self, width_mult: float = 1.0, num_classes: int = 10, dropout: float = 0.3):
+        super().__init__()
+        channels = scale_width(32, width_mult)
+        hidden = scale_width(64, width_mult)
+        self.conv1 = nn.Conv1d(1, channels, 5, padding=2)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv4 = nn.Conv1d(channels, channels, 3, padding=1)
+        self.fc1 = nn.Linear(channels * (SEQUENCE_LENGTH // 4), hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.conv4(x))
+        x = F.relu(self.fc1(self.dropout(torch.flatten(x, 1))))
+        return self.fc2(self.dropout(x))
+
+
+def make_task() -> Task:
+    return Task(NAME, model_factory=Mnist1dCNN, data_factory=load_data, input_shape=(1, SEQUENCE_LENGTH),
+                description=describe(NAME), recipe=RECIPE, data_settings=generator_settings())
