@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -234,7 +235,9 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
     space = form.space
     prob = pulp.LpProblem("bitsearch_ilp", pulp.LpMinimize)
     n_units, n_choices = form.values.shape
-    x = [[pulp.LpVariable(f"x_{u}_{q}", cat=pulp.LpBinary) for q in range(n_choices)] for u in range(n_units)]
+    binary = _variable_factory(pulp, prob, pulp.LpBinary)
+    continuous = _variable_factory(pulp, prob, pulp.LpContinuous)
+    x = [[binary(f"x_{u}_{q}") for q in range(n_choices)] for u in range(n_units)]
     for u in range(n_units):
         prob += (pulp.LpAffineExpression([(v, 1.0) for v in x[u]]) == 1, f"one_{u}")
     count = n_units
@@ -248,7 +251,7 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
             for i in group:
                 group_of[i] = g
         if form.act_searched:
-            y = [[pulp.LpVariable(f"y_{g}_{a}", cat=pulp.LpBinary) for a in range(form.n_a)]
+            y = [[binary(f"y_{g}_{a}") for a in range(form.n_a)]
                  for g in range(len(form.groups))]
             for g in range(len(form.groups)):
                 prob += (pulp.LpAffineExpression([(v, 1.0) for v in y[g]]) == 1, f"act_{g}")
@@ -263,7 +266,7 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
         for i, sl in form.kernel_slices.items():
             K = space.layers[i].kernels
             if need_z:
-                z = [[pulp.LpVariable(f"z_{i}_{j}_{a}", lowBound=0, upBound=K) for a in range(form.n_a)]
+                z = [[continuous(f"z_{i}_{j}_{a}", 0, K) for a in range(form.n_a)]
                      for j in range(form.n_w)]
                 z_vars[i] = z
                 for j in range(form.n_w):
@@ -274,7 +277,7 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
                                      + [(y[group_of[i]][a], -float(K))]) <= 0, f"zact_{i}_{a}")
                 count += form.n_w + form.n_a
             if need_m:
-                mv = [[pulp.LpVariable(f"m_{i}_{j}_{a}", cat=pulp.LpBinary) for a in range(form.n_a)]
+                mv = [[binary(f"m_{i}_{j}_{a}") for a in range(form.n_a)]
                       for j in range(form.n_w)]
                 m_vars[i] = mv
                 prob += (pulp.LpAffineExpression([(v, 1.0) for row in mv for v in row]) == 1, f"mone_{i}")
@@ -325,7 +328,7 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
         scale = max(scale, abs(rhs), 1e-300)
         row = _affine_scaled(pulp, expr, 1.0 / scale) <= rhs / scale
         prob += (row, f"budget_{b}_{budget.cost}")
-        budget_rows.append((prob.constraints[f"budget_{b}_{budget.cost}"], scale, constant, rhs))
+        budget_rows.append((_constraint(prob, f"budget_{b}_{budget.cost}"), scale, constant, rhs))
         count += 1
 
     # objective
@@ -339,6 +342,19 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
     obj_scale = obj_scale if obj_scale > 0 else 1.0
     prob += _affine_scaled(pulp, expr, 1.0 / obj_scale)
     return _MIP(prob, x, y, budget_rows, obj_scale, offset, len(prob.variables()), count)
+
+
+def _variable_factory(pulp, prob, cat):
+    """Variables attached to ``prob`` (PuLP >= 3.3), or free ones on older PuLP."""
+    if hasattr(prob, "add_variable"):
+        return lambda name, low=0, high=1: prob.add_variable(name, low, high, cat=cat)
+    return lambda name, low=0, high=1: pulp.LpVariable(name, low, high, cat=cat)
+
+
+def _constraint(prob, name):
+    if hasattr(prob, "get_constraint_by_name"):
+        return prob.get_constraint_by_name(name)
+    return prob.constraints[name]
 
 
 def _shifted_expression(pulp, blocks):
@@ -376,9 +392,11 @@ def _make_solver(name: str, *, time_limit, mip_gap, threads, verbose):
         return pulp.HiGHS(msg=bool(verbose), timeLimit=time_limit, gapRel=mip_gap,
                           gapAbs=0.0 if mip_gap == 0 else None, threads=threads, **options)
     if name == "cbc":
-        return pulp.PULP_CBC_CMD(msg=bool(verbose), timeLimit=time_limit, gapRel=mip_gap,
-                                 gapAbs=0.0 if mip_gap == 0 else None, threads=threads,
-                                 options=["randomSeed 1", "randomCbcSeed 1"])
+        with warnings.catch_warnings():  # PuLP 3.3 deprecates the bundled CBC's class, still the one that works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return pulp.PULP_CBC_CMD(msg=bool(verbose), timeLimit=time_limit, gapRel=mip_gap,
+                                     gapAbs=0.0 if mip_gap == 0 else None, threads=threads,
+                                     options=["randomSeed 1", "randomCbcSeed 1"])
     raise SearcherSettingsError(f"ilp: unknown solver {name!r}; known solvers: {', '.join(SOLVERS)}")
 
 
