@@ -91,3 +91,8 @@ class ProblemFileError(UserInputError):
 
 class TaskError(UserInputError):
     """A task factory that returned something unusable."""
+
+
+class QuantizationError(UserInputError):
+    """A fake-quantized model used in a way it cannot be (e.g. quantized activations whose
+    range was never calibrated)."""
