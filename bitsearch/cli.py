@@ -17,7 +17,7 @@ from . import __version__
 from .errors import UserInputError
 
 # modules that add subcommands: register(subparsers) -> None
-COMMAND_MODULES: list[str] = ["bitsearch.commands.bench", "bitsearch.commands.importer"]
+COMMAND_MODULES: list[str] = ["bitsearch.commands.bench", "bitsearch.commands.importer", "bitsearch.commands.latency"]
 
 EPILOG = """\
 examples:
