@@ -29,6 +29,7 @@ torch (through the task), matplotlib and dask are imported when used.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -66,6 +67,8 @@ suite format (TOML):
   task = "mnist1d-cnn"                    # a task (bitsearch tasks), or a list of tasks
   # problem = "mymodule:make_problem"     # instead of task: a function (space, options) -> Problem,
   #                                       #   imported from sys.path or the suite's folder
+  # problem = "hawq_resnet18.json"        # or a tabular problem file (bitsearch-problem JSON, no
+  #                                       #   torch): its widths and costs; [space] gives granularity
   seeds = [0, 1, 2]                       # 3 or more; deterministic searchers run once
   budgets = ["size=2.5bit", "size=3bit", ["size=4bit", "bops=4bit"]]   # a list: several at once
   oracle = true                           # run exhaustive per budget; report regret against it
@@ -106,15 +109,21 @@ _SEARCHER_KEYS = {"name", "label", "settings", "deterministic"}
 # ==========================================================================================
 @dataclass(frozen=True)
 class Variant:
-    """One problem source and space: a task (or a problem factory) at one granularity."""
+    """One problem source and space: a task, a problem factory or a problem file, at one
+    granularity."""
 
-    source_kind: str  # "task" or "problem" (a factory function)
+    source_kind: str  # "task" or "problem" (a "module:function" factory or a tabular .json file)
     source: str
     granularity: str
     weight_bits: tuple[int, ...]
     act_bits: tuple[int, ...] | None
     pin_first_last: int | None = None
     width_mult: float = 1.0
+    digest: str | None = None  # sha256 of a problem file: a changed file is a new problem
+
+    @property
+    def is_file(self) -> bool:
+        return self.source_kind == "problem" and is_problem_file(self.source)
 
     @property
     def label(self) -> str:
@@ -125,12 +134,18 @@ class Variant:
         return _slug(f"{self.source}-{self.granularity}")
 
     def to_dict(self) -> dict:
-        return {self.source_kind: self.source, "granularity": self.granularity,
-                "weight_bits": list(self.weight_bits),
-                "act_bits": None if self.act_bits is None else list(self.act_bits),
-                "pin_first_last": self.pin_first_last, "width_mult": self.width_mult}
+        out = {self.source_kind: self.source, "granularity": self.granularity,
+               "weight_bits": list(self.weight_bits),
+               "act_bits": None if self.act_bits is None else list(self.act_bits),
+               "pin_first_last": self.pin_first_last, "width_mult": self.width_mult}
+        if self.digest:
+            out["digest"] = self.digest
+        return out
 
     def describe(self) -> str:
+        if self.is_file:
+            return f"problem file {self.source} ({self.granularity} granularity; widths, costs and " \
+                   f"sensitivities from the file)"
         acts = "float" if self.act_bits is None else (
             str(self.act_bits[0]) if len(self.act_bits) == 1 else "{" + ",".join(map(str, self.act_bits)) + "}")
         text = (f"{self.source_kind} {self.source}, {self.granularity} granularity, weights "
@@ -207,7 +222,7 @@ class Suite:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "description": self.description,
-                "variants": [v.to_dict() for v in self.variants],
+                "variants": [dict(v.to_dict(), label=v.label, description=v.describe()) for v in self.variants],
                 "budgets": [list(b) for b in self.budgets],
                 "searchers": [s.to_dict() for s in self.searchers], "seeds": list(self.seeds),
                 "scoring": asdict(self.scoring), "oracle": self.oracle}
@@ -259,8 +274,11 @@ def parse_suite(data: Mapping[str, Any], path: str = "<suite>") -> Suite:
     sources = [sources] if isinstance(sources, str) else sources
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s for s in sources):
         raise _suite_error(path, f"'{kind}' must be a name or a list of names")
-    if kind == "problem" and not all(":" in s for s in sources):
-        raise _suite_error(path, "'problem' must name a function as \"module:function\"")
+    if kind == "problem":
+        bad = [s for s in sources if not is_problem_file(s) and ":" not in s]
+        if bad:
+            raise _suite_error(path, f"problem {bad[0]!r}: give a function as \"module:function\" or a "
+                                     f"problem file \"name.json\" (bitsearch-problem JSON)")
     # --- the space
     space = data.get("space", {})
     if not isinstance(space, Mapping):
@@ -285,8 +303,24 @@ def parse_suite(data: Mapping[str, Any], path: str = "<suite>") -> Suite:
     width_mult = space.get("width_mult", 1.0)
     if not isinstance(width_mult, (int, float)) or isinstance(width_mult, bool) or width_mult <= 0:
         raise _suite_error(path, f"[space] width_mult must be a positive number, not {width_mult!r}")
-    variants = tuple(Variant(kind, s, g, weight_bits, act_bits, pin, float(width_mult))
-                     for s in sources for g in granularities)
+    variants = []
+    for source in sources:
+        digest = None
+        if kind == "problem" and is_problem_file(source):
+            given = sorted(set(space) - {"granularity"})
+            if given:
+                raise _suite_error(path, f"problem file {source!r} sets its own widths: [space] may only give "
+                                         f"granularity (not {given})")
+            file = Path(source) if Path(source).is_absolute() else Path(path).resolve().parent / source
+            try:
+                digest = "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+            except OSError:
+                raise _suite_error(path, f"problem file {str(file)!r}: no such file") from None
+            variants += [Variant(kind, str(file), g, (), None, None, 1.0, digest) for g in granularities]
+        else:
+            variants += [Variant(kind, source, g, weight_bits, act_bits, pin, float(width_mult))
+                         for g in granularities]
+    variants = tuple(variants)
     # --- budgets
     budgets_raw = data.get("budgets")
     if not isinstance(budgets_raw, list) or not budgets_raw:
@@ -429,6 +463,10 @@ def run_sensitivity(suite: Suite, entry: SearcherEntry, variant: Variant) -> str
     if entry.needs_table and variant.source_kind == "task":
         return DEFAULT_SENSITIVITY
     return None
+
+
+def is_problem_file(source: str) -> bool:
+    return source.lower().endswith(".json")
 
 
 def _bits(value, parse_bits, *, allow_none):
@@ -613,6 +651,10 @@ def build_problem(spec: Mapping[str, Any], budgets: Sequence[str], sensitivity: 
     options = ProblemOptions(budgets=tuple(budgets), finetune_epochs=int(scoring["finetune_epochs"]),
                              width_mult=float(space.get("width_mult", 1.0)),
                              latency_table=scoring.get("latency_table"), sensitivity=sensitivity)
+    if spec["kind"] == "problem" and is_problem_file(spec["source"]):
+        from .tabular import load_problem
+
+        return load_problem(spec["source"], budgets, granularity=space["granularity"])
     if spec["kind"] == "problem":
         factory = _import_factory(spec["source"], spec.get("suite_dir", ""))
         problem = factory(space_options, options)
@@ -1194,15 +1236,18 @@ def render_report(results: Mapping[str, Any]) -> str:
         lines += [suite["description"].strip(), ""]
     lines.append(f"- suite: `{suite['path']}`" + (f"; command: `{results['command']}`" if results.get("command") else ""))
     for v in suite["variants"]:
-        variant = Variant(next(k for k in ("task", "problem") if k in v), v.get("task") or v.get("problem"),
-                          v["granularity"], tuple(v["weight_bits"]),
-                          None if v["act_bits"] is None else tuple(v["act_bits"]), v.get("pin_first_last"),
-                          v.get("width_mult", 1.0))
-        lines.append(f"- problem: {variant.describe()}")
-    lines.append(f"- scoring: {scoring.describe()}; seeds {', '.join(map(str, suite['seeds']))} "
+        lines.append(f"- problem: {v['description']}")
+    objectives = {r.get("objective") for r in runs if r.get("status") == "ok"}
+    if objectives == {"sensitivity"}:
+        how = "the problem's sensitivity table (estimated loss increase: lower is better; no evaluator)"
+    elif objectives == {"none"}:
+        how = "nothing (shape-only problem: only costs and seconds compare)"
+    else:
+        how = scoring.describe()
+    lines.append(f"- scoring: {how}; seeds {', '.join(map(str, suite['seeds']))} "
                  f"(deterministic searchers run once)")
     oracle = next((s for s in suite["searchers"] if s.get("oracle")), None)
-    lines.append("- oracle: " + (f"`{oracle['label']}` (every policy within each budget, same evaluator)"
+    lines.append("- oracle: " + (f"`{oracle['label']}` (every policy within each budget, same objective)"
                                  if oracle else "none"))
     lines.append(f"- runs: {n_ok} finished" + (f", {n_skip} skipped" if n_skip else "")
                  + (f", {n_fail} failed" if n_fail else "") + (f", {n_missing} not run yet" if n_missing else "")
@@ -1225,8 +1270,8 @@ def render_report(results: Mapping[str, Any]) -> str:
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines.append(_report_row(row))
     lines += ["", "Columns: the metric is the objective of the problem (top-1 accuracy on the task's test set "
-              "after quantization with the policy); spread is the sample standard deviation over seeds and "
-              "the min – max range; regret is the oracle's metric minus the searcher's (in percentage points); "
+              "after quantization with the policy, or a sensitivity table's estimated loss increase); spread is the sample standard deviation over seeds and "
+              "the min – max range; regret is how far the searcher is behind the oracle (percentage points of accuracy; negative: ahead of it, possible for a searcher that changes the model, such as uniform-width); "
               "cost is the cost the budget limits, recomputed from the policy; search seconds are wall time "
               "of `search()`; evaluations count the policies a searcher asked to score, fresh ones those not "
               "already scored in the same process (runs of one problem share an evaluation cache, so later "

@@ -186,6 +186,40 @@ def test_bench_writes_report_results_plots_and_policies(tmp_path):
     assert table.count("\n| `") == 3 and "size=2.5bit" in table
 
 
+def test_a_tabular_problem_file_is_a_suite_problem(tmp_path):
+    from bitsearch.tabular import write_problem
+
+    from helpers import small_problem
+
+    write_problem(small_problem(()), tmp_path / "small.json")
+    suite = write_suite(tmp_path, """\
+        problem = "small.json"
+        seeds = [0, 1, 2]
+        budgets = ["size=2.5bit", "size=3bit"]
+        oracle = true
+
+        [[searchers]]
+        name = "uniform"
+
+        [[searchers]]
+        name = "random"
+        settings = { samples = 5 }
+        """)
+    results = run_bench(suite, tmp_path / "out", progress=False).results
+    assert all(r["status"] == "ok" for r in results["runs"]) and len(results["runs"]) == 2 * 5
+    for run in results["runs"]:
+        assert run["objective"] == "sensitivity" and run["higher_is_better"] is False
+    for row in results["summary"]:
+        assert row["regret_mean"] >= 0, row  # lower is better: regret = searcher - oracle
+    assert "problem file" in (tmp_path / "out" / "report.md").read_text()
+    # a changed file is another problem: its runs get new keys
+    before = {r["key"] for r in plan_runs(load_suite(suite))}
+    write_problem(small_problem((), seed=1), tmp_path / "small.json")
+    assert not before & {r["key"] for r in plan_runs(load_suite(suite))}
+    with pytest.raises(UserInputError, match="sets its own widths"):
+        parse_suite({**BASE, "problem": str(tmp_path / "small.json"), "space": {"weight_bits": [2, 4]}}, "s.toml")
+
+
 def test_finished_bench_refuses_to_overwrite_and_resume_runs_nothing(tmp_path):
     suite = synthetic_suite(tmp_path)
     run_bench(suite, tmp_path / "out", progress=False, plots=False)
