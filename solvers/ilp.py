@@ -471,7 +471,7 @@ class ILPSearcher(BaseSearcher):
     deterministic = True
     description = "exact ILP over a sensitivity table (HAWQ-V3 style): knapsack path, or PuLP with HiGHS/CBC"
     defaults = {"method": "auto", "solver": "highs", "time_limit": None, "mip_gap": None,
-                "mckp_gap": 1e-4, "mckp_nodes": 200_000, "threads": None, "verbose": False}
+                "mckp_gap": 1e-4, "mckp_nodes": 20_000, "threads": None, "verbose": False}
 
     def __init__(self, **settings):
         super().__init__(**settings)
@@ -500,7 +500,7 @@ class ILPSearcher(BaseSearcher):
 
 
 def solve(problem, *, method="auto", solver="highs", time_limit=None, mip_gap=None, mckp_gap=1e-4,
-          mckp_nodes=200_000, threads=None, verbose=False, quick=False) -> ILPSolution:
+          mckp_nodes=20_000, threads=None, verbose=False, quick=False) -> ILPSolution:
     """Solve the ILP of ``problem`` (which needs a sensitivity table); see :class:`ILPSearcher`.
 
     ``quick``: the caller asked to stop: give the MIP at most one second.

@@ -161,8 +161,7 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
             if np.array_equal(fixed, eff):
                 break
             eff = fixed
-    s_rank = np.arange(eff.size)
-    order_steps = np.lexsort((s_rank, -eff))
+    order_steps = np.argsort(-eff, kind="stable")  # ties: unit order, then hull order
     s_unit, s_from, s_to, dc, dv, eff = (a[order_steps] for a in (s_unit, s_from, s_to, dc, dv, eff))
     room = capacity - cheapest
     cum_dc = np.cumsum(dc)
@@ -191,22 +190,18 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
         prefix_dv = math.fsum(dv[:taken])
         used = float(cum_dc[taken - 1]) if taken else 0.0
         lp_bound = math.fsum(base_value) + prefix_dv + (room - used) / dc[taken] * dv[taken]
-        # fill: later steps that still fit, each unit's steps kept in hull order
+        # fill: later steps that still fit; a unit advances only along its hull (a step is
+        # taken only from the unit's current point), so a skipped step blocks the later ones
         residual = capacity - total_cost
-        blocked = np.zeros(n, dtype=bool)
-        blocked[s_unit[taken]] = True
-        limit = min(eff.size, taken + 1 + 50_000)
-        for t in range(taken + 1, limit):
-            u = s_unit[t]
-            if blocked[u]:
-                continue
-            if dc[t] <= residual and pos[u] == s_from[t]:
-                pos[u] = s_to[t]
-                residual -= dc[t]
-            else:
-                blocked[u] = True
-            if residual <= 0:
-                break
+        later = np.arange(taken + 1, eff.size)
+        fits = later[dc[taken + 1:] <= residual]
+        point = pos.tolist()
+        for u, frm, to, step in zip(s_unit[fits].tolist(), s_from[fits].tolist(), s_to[fits].tolist(),
+                                    dc[fits].tolist()):
+            if step <= residual and point[u] == frm:
+                point[u] = to
+                residual -= step
+        pos = np.array(point)
         fill_cost = math.fsum(Cs[np.arange(n), pos])
         fill_value = math.fsum(Vs[np.arange(n), pos])
         if fill_cost <= capacity and fill_value < upper:
@@ -275,31 +270,35 @@ def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, t
     Returns (best choices or None, best value, nodes, complete): the best assignment of
     value < ``target`` within ``capacity``, or None when the search proved there is none.
     """
-    k = C.shape[0]
+    k, m = C.shape
     if k == 0:
         return None, math.inf, 0, True
-    base = np.empty(k, dtype=int)
-    devs = []
-    for i in range(k):
-        js = np.flatnonzero(survive[i])
-        r = reduced[i, js]
-        zero = js[r <= r.min() + tol * 1e-6]
-        b = int(zero[np.argmin(C[i, zero])])
-        base[i] = b
-        others = js[js != b]
-        others = others[np.argsort(reduced[i, others], kind="stable")]
-        devs.append((others, reduced[i, others], C[i, others] - C[i, b], V[i, others] - V[i, b]))
-    mindev = np.array([d[1][0] if d[0].size else np.inf for d in devs])
+    cols = np.arange(m)
+    rows = np.arange(k)
+    rmin = np.min(np.where(survive, reduced, np.inf), axis=1)
+    at_zero = survive & (reduced <= rmin[:, None] + tol * 1e-6)
+    base = np.argmin(np.where(at_zero, C, np.inf), axis=1)
+    is_dev = survive & (cols[None, :] != base[:, None])
+    dev_order = np.argsort(np.where(is_dev, reduced, np.inf), axis=1, kind="stable")
+    counts = is_dev.sum(axis=1)
+    dev_r = np.take_along_axis(np.where(is_dev, reduced, np.inf), dev_order, axis=1)
+    dev_dc = np.take_along_axis(C - C[rows, base][:, None], dev_order, axis=1)
+    dev_dv = np.take_along_axis(V - V[rows, base][:, None], dev_order, axis=1)
+    mindev = np.where(counts > 0, dev_r[:, 0], np.inf)
     unit_order = np.argsort(mindev, kind="stable")
-    devs = [devs[i] for i in unit_order]
-    mindev = mindev[unit_order].tolist()
-    neg = np.array([min(0.0, d[2].min()) if d[0].size else 0.0 for d in devs])
-    pos = np.array([max(0.0, d[2].max()) if d[0].size else 0.0 for d in devs])
+    dev_order, counts, dev_r, dev_dc, dev_dv, mindev = (a[unit_order] for a in (dev_order, counts, dev_r, dev_dc,
+                                                                                  dev_dv, mindev))
+    valid_dc = np.where(cols[None, :] < counts[:, None], dev_dc, 0.0)
+    neg = np.minimum(valid_dc.min(axis=1), 0.0)
+    pos = np.maximum(valid_dc.max(axis=1), 0.0)
     neg_suffix = np.r_[np.cumsum(neg[::-1])[::-1], 0.0].tolist()  # most cost units > u can shed
     pos_suffix = np.r_[np.cumsum(pos[::-1])[::-1], 0.0].tolist()  # most cost units > u can add
-    devs = [(d[0].tolist(), d[1].tolist(), d[2].tolist(), d[3].tolist()) for d in devs]
-    base_cost = math.fsum(C[np.arange(k), base])
-    base_value = math.fsum(V[np.arange(k), base])
+    counts_l = counts.tolist()
+    devs = list(zip(dev_order.tolist(), dev_r.tolist(), dev_dc.tolist(), dev_dv.tolist()))
+    devs = [(o[:c], r[:c], dc[:c], dv[:c]) for (o, r, dc, dv), c in zip(devs, counts_l)]
+    mindev = mindev.tolist()
+    base_cost = math.fsum(C[rows, base])
+    base_value = math.fsum(V[rows, base])
 
     best_value = target
     best_set = None
