@@ -1,0 +1,662 @@
+"""``fracbits``: differentiable bitwidth search with fractional widths (after FracBits,
+Yang & Jin).
+
+Every weight decision unit (a layer or tied group at layer granularity, a kernel at kernel
+granularity) gets a real-valued width, and so does every activation group when the space
+searches activation widths.  The forward pass quantizes at the two neighbouring choices
+of each width and mixes them by the fractional part (:mod:`bitsearch.quant.fractional`),
+so the task loss has a gradient in every width; the weights train alongside
+(straight-through rounding).
+
+**Differentiable cost.**  Each budgeted cost model is relaxed by interpolating its
+``layer_cost`` linearly between the widths of the space (bilinearly in weight and
+activation width when both are searched).  At kernel granularity a ``sum`` model charges
+each kernel its share ``layer_cost / kernels`` at its own width; a ``max`` model (measured
+latency tables) charges the layer at its widest kernel.  At integer widths the relaxed
+cost equals ``CostModel.cost`` (up to float rounding).
+
+**Penalty.**  ``penalty * |max_b cost_b / limit_b - 1|``: the binding budget is pulled to
+its limit from either side, the others only matter once they bind.  The strength grows
+geometrically from ``penalty_start`` to ``penalty_end`` over the search, so the task loss
+shapes the allocation early and the budget dominates at the end.  The widths start, by
+default, at the uniform fractional width whose relaxed cost is exactly the tightest
+budget (bisection), so the search moves bits between units at the budget rather than
+spending its epochs walking down to it.
+
+**Projection.**  Rounding the learned widths can break a budget, so the integer policy
+comes from a projection that keeps every budget exactly: each unit prefers the choices
+near its learned width (cost ``(choice - learned)**2``); starting from the nearest choice,
+a greedy walk lowers the unit with the least preference lost per budget excess removed
+until every budget holds (a lowered width never costs more under the shipped cost
+models; the walk ends, at worst, at the cheapest policy, which ``Problem`` has checked
+against every budget), then raises units by the least preference lost per budget used
+while everything still fits, so the policy ends near the budget, not far under.  Costs in
+the walk are exact per-layer tables from ``CostModel.layer_cost``; the result is checked
+with ``problem.fits`` (which prices it with ``CostModel.cost``), and any float-rounding
+excess is walked off.  Optional fine-tuning epochs at the integer policy follow; their
+test accuracy is reported in ``result.info`` (the returned policy is scored by the
+problem's evaluator like every searcher's).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+
+from bitsearch.budget import format_cost
+from bitsearch.encoding import Encoding
+from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError
+from bitsearch.policy import LayerBits, Policy
+from bitsearch.search import BaseSearcher, SearchRun
+
+__all__ = ["FracBitsSearcher", "relaxed_cost_tables", "project_to_budget"]
+
+
+# --- cost tables -------------------------------------------------------------------------
+def _act_options(space) -> tuple:
+    """The activation widths a free layer may take, as the cost tables index them."""
+    return space.act_choices  # (None,) for float, (8,) fixed, or the searched widths
+
+
+def relaxed_cost_tables(model, space) -> dict[int, np.ndarray]:
+    """``table[i][w, a]``: cost of free layer ``i`` at weight choice ``w`` and activation
+    choice ``a`` (``layer_cost``; per kernel at kernel granularity for ``sum`` models)."""
+    tables = {}
+    acts = _act_options(space)
+    for i in space.free_layers():
+        layer = space.layers[i]
+        table = np.array([[model.layer_cost(layer, w, a) for a in acts] for w in space.weight_bits], dtype=float)
+        if space.granularity == "kernel" and model.per_kernel == "sum":
+            table = table / layer.kernels
+        tables[i] = table
+    return tables
+
+
+def pinned_cost(model, space) -> float:
+    pins = space.pins
+    return math.fsum(model.layer_cost(layer, pins[layer.name].weight_bits, pins[layer.name].act_bits)
+                     for layer in space.layers if layer.name in pins)
+
+
+# --- projection --------------------------------------------------------------------------
+class _State:
+    """An integer policy as choice indices, with exact per-layer costs for each budget."""
+
+    def __init__(self, problem, encoding: Encoding, weight_index, act_index):
+        self.problem = problem
+        self.space = space = problem.space
+        self.encoding = encoding
+        self.units = encoding.units
+        self.groups = encoding.groups
+        self.w = np.array(weight_index, dtype=int)
+        self.a = np.array(act_index, dtype=int)
+        self.budgets = problem.budgets
+        self.models = [problem.costs[b.cost] for b in self.budgets]
+        self.tables = [relaxed_cost_tables(m, space) for m in self.models]
+        self.fixed = np.array([pinned_cost(m, space) for m in self.models], dtype=float)
+        self.limits = np.array([b.limit for b in self.budgets], dtype=float)
+        self.kernel = space.granularity == "kernel"
+        # free layer -> its weight units (indices into w), and act group
+        self.layer_units: dict[int, list[int]] = {}
+        for u, unit in enumerate(self.units):
+            for i in unit.layers:
+                self.layer_units.setdefault(i, []).append(u)
+        self.layer_group = {i: j for j, group in enumerate(self.groups) for i in group}
+        self.layer_cost = {i: self._layer_cost(i, self.w, self.a) for i in space.free_layers()}
+        # per unit: its activation group, and for every budget whose cost is a sum over
+        # units, the unit's cost at each (weight, activation) choice
+        self.unit_group = np.array([self.layer_group[unit.layers[0]] if space.act_searched else 0
+                                    for unit in self.units], dtype=int)
+        self.separable = [not self.kernel or m.per_kernel == "sum" for m in self.models]
+        self.unit_tables = [np.stack([sum(tables[i] for i in unit.layers) for unit in self.units])
+                            if sep and self.units else None
+                            for sep, tables in zip(self.separable, self.tables)]
+
+    def act_of(self, i: int, a) -> int:
+        return int(a[self.layer_group[i]]) if self.space.act_searched else 0
+
+    def _layer_cost(self, i: int, w, a) -> np.ndarray:
+        """Costs of free layer ``i`` for every budget at indices ``w``, ``a``."""
+        ai = self.act_of(i, a)
+        units = self.layer_units[i]
+        out = np.empty(len(self.budgets))
+        for b, (model, tables) in enumerate(zip(self.models, self.tables)):
+            column = tables[i][:, ai]
+            if not self.kernel:
+                out[b] = column[w[units[0]]]
+            elif model.per_kernel == "sum":
+                out[b] = column[w[units]].sum()
+            else:
+                out[b] = column[w[units].max()]
+        return out
+
+    def totals(self) -> np.ndarray:
+        return self.fixed + sum(self.layer_cost.values())
+
+    def moves(self, direction: int):
+        """The one-step moves, in blocks ``(kind, indices, new, delta)``: ``indices`` a list
+        of tuples of unit (or group) indices moved together, ``new`` their new choice, and
+        ``delta[k, b]`` the cost change of move ``k`` for budget ``b``.
+
+        Single weight units come in one vectorised block (kind ``"w"``); at kernel
+        granularity under a ``max`` cost model, lowering moves also take every kernel of a
+        layer at its widest choice together (lowering one alone may save nothing);
+        kind ``"a"`` moves an activation group."""
+        blocks = []
+        n_w = self.encoding.n_weight_choices
+        new = self.w + direction
+        units = np.nonzero((new >= 0) & (new < n_w))[0]
+        if len(units):
+            ag = self.a[self.unit_group[units]] if self.space.act_searched else np.zeros(len(units), dtype=int)
+            delta = np.empty((len(units), len(self.budgets)))
+            for b, table in enumerate(self.unit_tables):
+                if table is not None:
+                    delta[:, b] = table[units, new[units], ag] - table[units, self.w[units], ag]
+                else:
+                    for k, u in enumerate(units):
+                        w2 = self.w.copy()
+                        w2[u] = new[u]
+                        i = self.units[u].layers[0]
+                        delta[k, b] = self._layer_cost(i, w2, self.a)[b] - self.layer_cost[i][b]
+            blocks.append(("w", units, new[units], delta))
+        extra = []
+        if direction < 0 and self.kernel and not all(self.separable):
+            for i, layer_units in self.layer_units.items():
+                layer_units = np.asarray(layer_units)
+                widest = layer_units[self.w[layer_units] == self.w[layer_units].max()]
+                if len(widest) > 1 and self.w[widest[0]] + direction >= 0:
+                    w2 = self.w.copy()
+                    w2[widest] += direction
+                    extra.append(("g", tuple(int(u) for u in widest), self.w[widest[0]] + direction,
+                                  self._layer_cost(i, w2, self.a) - self.layer_cost[i]))
+        if self.space.act_searched:
+            n_a = self.encoding.n_act_choices
+            for j, group in enumerate(self.groups):
+                a_new = self.a[j] + direction
+                if 0 <= a_new < n_a:
+                    a2 = self.a.copy()
+                    a2[j] = a_new
+                    extra.append(("a", (j,), a_new,
+                                  sum(self._layer_cost(i, self.w, a2) - self.layer_cost[i] for i in group)))
+        for kind, indices, a_new, delta in extra:
+            blocks.append((kind, [indices], np.array([a_new]), np.asarray(delta).reshape(1, -1)))
+        return blocks
+
+    def apply(self, kind: str, indices, new: int) -> None:
+        if kind in ("w", "g"):
+            self.w[list(indices)] = new
+            touched = sorted({i for u in indices for i in self.units[u].layers})
+        else:
+            self.a[indices[0]] = new
+            touched = self.groups[indices[0]]
+        for i in touched:
+            self.layer_cost[i] = self._layer_cost(i, self.w, self.a)
+
+    def policy(self) -> Policy:
+        return self.encoding.decode(self.w, self.a if self.space.act_searched else None)
+
+
+def project_to_budget(problem, learned_weight_bits, learned_act_bits=None, *, fill: bool = True):
+    """An integer policy near the learned fractional widths that keeps every budget.
+
+    ``learned_weight_bits``: one real width per weight unit (``space.weight_units()``);
+    ``learned_act_bits``: one per activation group when activations are searched.
+    Returns ``(policy, info)``.  Raises :class:`InfeasibleBudgetError` when no policy
+    keeps the budgets jointly.
+    """
+    space = problem.space
+    encoding = Encoding(space)
+    w_choices = np.asarray(space.weight_bits, dtype=float)
+    learned_w = np.asarray(learned_weight_bits, dtype=float).reshape(-1)
+    pref_w = (w_choices[None, :] - learned_w[:, None]) ** 2
+    w0 = np.argmin(pref_w, axis=1)
+    if space.act_searched:
+        a_choices = np.asarray(space.act_bits, dtype=float)
+        learned_a = np.asarray(learned_act_bits, dtype=float).reshape(-1)
+        pref_a = (a_choices[None, :] - learned_a[:, None]) ** 2
+        a0 = np.argmin(pref_a, axis=1)
+    else:
+        pref_a = np.zeros((0, 1))
+        a0 = np.zeros(0, dtype=int)
+    state = _State(problem, encoding, w0, a0)
+    info = {"lowered": 0, "raised": 0, "rounding_fixes": 0}
+
+    def preference(kind, indices, new):
+        """Preference lost by each move of a block (negative: closer to the learned widths)."""
+        if kind == "w":
+            return pref_w[indices, new] - pref_w[indices, state.w[indices]]
+        if kind == "g":
+            return np.array([sum(pref_w[u, new[0]] - pref_w[u, state.w[u]] for u in indices[0])])
+        j = indices[0][0]
+        return np.array([pref_a[j, new[0]] - pref_a[j, state.a[j]]])
+
+    def pick(blocks, score_of):
+        best, best_score = None, math.inf
+        for kind, indices, new, delta in blocks:
+            scores = score_of(delta, preference(kind, indices, new))
+            if len(scores) == 0:
+                continue
+            k = int(np.argmin(scores))
+            if scores[k] < best_score:
+                index = (int(indices[k]),) if kind == "w" else indices[k]
+                best, best_score = (kind, index, int(new[k])), scores[k]
+        return best
+
+    def lower(limits):
+        while True:
+            totals = state.totals()
+            over = np.maximum(totals - limits, 0.0)
+            if not (over > 0).any():
+                return
+
+            def score(delta, pref):
+                relief = (np.minimum(np.maximum(-delta, 0.0), over) / limits).sum(axis=1)
+                return np.where(relief > 0, pref / np.where(relief > 0, relief, 1.0), math.inf)
+
+            best = pick(state.moves(-1), score)
+            if best is None:
+                bad = [f"{b.cost} {format_cost(c, b.unit)} > {format_cost(b.limit, b.unit)}"
+                       for b, c in zip(state.budgets, totals) if c > b.limit]
+                raise InfeasibleBudgetError(
+                    "no policy keeps every budget jointly: narrowing no width brings "
+                    + "; ".join(bad) + " down; raise a budget or allow narrower widths")
+            state.apply(*best)
+            info["lowered"] += 1
+
+    def raise_(limits):
+        while True:
+            totals = state.totals()
+
+            def score(delta, pref):
+                fits = (totals[None, :] + delta <= limits[None, :]).all(axis=1)
+                used = (np.maximum(delta, 0.0) / limits).sum(axis=1) + 1e-12
+                return np.where(fits, pref / used, math.inf)
+
+            best = pick(state.moves(+1), score)
+            if best is None:
+                return
+            state.apply(*best)
+            info["raised"] += 1
+
+    limits = state.limits.copy()
+    lower(limits)
+    if fill:
+        raise_(limits)
+    # the walk sums per-layer tables; the reference is CostModel.cost: walk off any rounding excess
+    for _ in range(64):
+        policy = state.policy()
+        if problem.fits(policy):
+            break
+        info["rounding_fixes"] += 1
+        costs = problem.cost_of(policy)
+        totals = np.array([costs[b.cost] for b in state.budgets])
+        limits = np.where(totals > state.limits, limits - (totals - state.limits) - 1e-12 * np.abs(limits), limits)
+        lower(limits)
+    else:  # pragma: no cover - the loop above always converges for finite costs
+        raise AssertionError("fracbits: the projection could not bring the policy within budget")
+    info["weight_index"] = state.w.tolist()
+    return policy, info
+
+
+# --- the searcher ------------------------------------------------------------------------
+class FracBitsSearcher(BaseSearcher):
+    """Learns a fractional width per decision unit with the weights, under a budget
+    penalty, then projects to integer widths that keep every budget exactly.
+
+    Settings: ``epochs`` of search over the task's training set; ``lr`` for the weights
+    (None: a tenth of the task recipe's) and ``bits_lr`` for the widths (Adam);
+    ``init_bits`` the starting width (None: the uniform fractional width at which the
+    relaxed cost meets the tightest budget, found by bisection); ``penalty_start`` and
+    ``penalty_end`` the budget-penalty strength, scheduled geometrically over the steps;
+    ``batch_size`` (None: the recipe's); ``train_weights`` whether the weights learn too;
+    ``train_samples`` caps the training samples used per epoch (None: all);
+    ``finetune_epochs`` of training at the final integer policy (its accuracy goes to
+    ``result.info``); ``fill`` whether the projection spends leftover budget.
+    """
+
+    name = "fracbits"
+    needs = "evaluator"
+    granularities = ("layer", "kernel")
+    description = "FracBits: fractional widths learned by gradient descent, projected exactly onto the budget"
+    defaults = {
+        "epochs": 3,
+        "lr": None,
+        "bits_lr": 0.05,
+        "init_bits": None,
+        "penalty_start": 0.1,
+        "penalty_end": 10.0,
+        "batch_size": None,
+        "train_weights": True,
+        "train_samples": None,
+        "finetune_epochs": 0,
+        "fill": True,
+    }
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        s = self.settings
+        problems = []
+        for key in ("epochs", "finetune_epochs"):
+            if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 0:
+                problems.append(f"{key} must be an integer >= 0 (got {s[key]!r})")
+        for key in ("bits_lr", "penalty_start", "penalty_end"):
+            if not isinstance(s[key], (int, float)) or isinstance(s[key], bool) or not s[key] > 0:
+                problems.append(f"{key} must be a positive number (got {s[key]!r})")
+        if s["lr"] is not None and (not isinstance(s["lr"], (int, float)) or not s["lr"] > 0):
+            problems.append(f"lr must be a positive number or None (got {s['lr']!r})")
+        for key in ("batch_size", "train_samples"):
+            if s[key] is not None and (not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1):
+                problems.append(f"{key} must be an integer >= 1 or None (got {s[key]!r})")
+        if s["init_bits"] is not None and not isinstance(s["init_bits"], (int, float)):
+            problems.append(f"init_bits must be a number or None (got {s['init_bits']!r})")
+        if problems:
+            raise SearcherSettingsError(f"searcher 'fracbits': {'; '.join(problems)}")
+
+    # --- the model behind the problem -----------------------------------------------
+    @staticmethod
+    def _task_of(problem):
+        task = getattr(problem.evaluator, "task", None)
+        if task is None:
+            raise SearcherSettingsError(
+                "searcher 'fracbits' trains the model: it needs a problem whose evaluator carries its task "
+                "(evaluator.task), as the problems built from a task (--task) do")
+        if isinstance(task, str):
+            from bitsearch.tasks import get_task
+
+            task = get_task(task)
+        return task
+
+    def _search(self, problem, run: SearchRun):
+        import torch
+
+        space = problem.space
+        if min(space.weight_bits) < 2 or (space.act_bits is not None and min(space.act_bits) < 2):
+            raise SearcherSettingsError("searcher 'fracbits' quantizes symmetrically: widths must be >= 2 bits")
+        task = self._task_of(problem)
+        width_mult = problem.info.get("width_mult", getattr(problem.evaluator, "width_mult", 1.0))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(run.seed)
+            learned_w, learned_a, model, fq = self._learn(problem, run, task, width_mult, torch)
+        policy, info = project_to_budget(problem, learned_w, learned_a, fill=self.settings["fill"])
+        run.info["projection"] = {k: v for k, v in info.items() if k != "weight_index"}
+        run.info["learned_weight_bits"] = [round(float(b), 4) for b in learned_w]
+        if learned_a is not None:
+            run.info["learned_act_bits"] = [round(float(b), 4) for b in learned_a]
+        if not problem.fits(policy):  # pragma: no cover - project_to_budget guarantees it
+            raise AssertionError(f"fracbits: projected policy over budget: {problem.violations(policy)}")
+        if self.settings["finetune_epochs"] and not run.stopped:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(run.seed)
+                run.info["finetuned"] = self._finetune(problem, run, task, policy, model, fq, torch)
+        run.evaluate(policy, step=1, total=1)
+        return policy
+
+    # --- training -------------------------------------------------------------------
+    def _setup(self, problem, task, width_mult, torch):
+        from bitsearch.quant.fractional import FractionalQuantModel, calibrate_input_ranges
+
+        space = problem.space
+        model = copy.deepcopy(task.trained_model(width_mult))
+        data = task.data()
+        names = space.names
+        pins = space.pins
+        needs_range = [layer.name for layer in space.layers
+                       if (pins[layer.name].act_bits if layer.name in pins else space.act_bits) is not None]
+        ranges = calibrate_input_ranges(model, needs_range, data.calibration) if needs_range else {}
+        fq = FractionalQuantModel(model, names, space.weight_bits, space.act_bits, ranges)
+        return model, data, fq
+
+    def _batches(self, n, batch_size, generator, torch):
+        order = torch.randperm(n, generator=generator)
+        limit = self.settings["train_samples"]
+        if limit is not None:
+            order = order[:limit]
+        n = len(order)
+        batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches.pop()
+        return batches
+
+    def _learn(self, problem, run, task, width_mult, torch):
+        import torch.nn.functional as F
+
+        s = self.settings
+        space = problem.space
+        encoding = Encoding(space)
+        model, data, fq = self._setup(problem, task, width_mult, torch)
+        relaxed = _RelaxedCost(problem, encoding, torch)
+        wmin, wmax = float(min(space.weight_bits)), float(max(space.weight_bits))
+        amin, amax = (float(min(space.act_bits)), float(max(space.act_bits))) if space.act_searched else (0, 0)
+
+        def uniform(width):
+            w = torch.full((encoding.n_weight_units,), min(max(width, wmin), wmax))
+            a = torch.full((encoding.n_act_units,), min(max(width, amin), amax)) if space.act_searched else None
+            return w, a
+
+        if s["init_bits"] is not None:
+            init = float(s["init_bits"])
+        else:
+            init = _width_at_budget(relaxed, uniform, min(wmin, amin) if space.act_searched else wmin,
+                                    max(wmax, amax), torch)
+        start_w, start_a = uniform(init)
+        run.info["init_bits"] = round(init, 6)
+        bits_w = torch.nn.Parameter(start_w)
+        bits_a = torch.nn.Parameter(start_a) if start_a is not None else None
+        layout = _Layout(space, encoding)
+
+        weights = [p for p in model.parameters()] if s["train_weights"] else []
+        for p in model.parameters():
+            p.requires_grad_(bool(s["train_weights"]))
+        lr = s["lr"] if s["lr"] is not None else task.recipe.lr * 0.1
+        opt_w = torch.optim.Adam(weights, lr=lr) if weights else None
+        bit_params = [bits_w] + ([bits_a] if bits_a is not None else [])
+        opt_b = torch.optim.Adam(bit_params, lr=s["bits_lr"])
+
+        batch_size = s["batch_size"] or task.recipe.batch_size
+        generator = torch.Generator().manual_seed(run.seed)
+        n = len(data.x_train)
+        steps_per_epoch = len(self._batches(n, batch_size, torch.Generator().manual_seed(0), torch))
+        total_steps = max(1, s["epochs"] * steps_per_epoch)
+        step = 0
+        model.train()
+        epoch_seconds = []
+        for epoch in range(s["epochs"]):
+            started = time.perf_counter()
+            loss_sum = task_sum = 0.0
+            seen = 0
+            for index in self._batches(n, batch_size, generator, torch):
+                xb, yb = data.x_train[index], data.y_train[index]
+                strength = s["penalty_start"] * (s["penalty_end"] / s["penalty_start"]) ** (step / max(1, total_steps - 1))
+                wbits, abits = layout.bits(bits_w, bits_a)
+                logits = fq(xb, wbits, abits)
+                task_loss = F.cross_entropy(logits, yb)
+                ratios = relaxed.ratios(bits_w, bits_a)
+                loss = task_loss
+                if problem.budgets:
+                    loss = loss + strength * torch.abs(torch.max(ratios) - 1.0)
+                if opt_w is not None:
+                    opt_w.zero_grad(set_to_none=True)
+                opt_b.zero_grad(set_to_none=True)
+                loss.backward()
+                if opt_w is not None:
+                    opt_w.step()
+                opt_b.step()
+                with torch.no_grad():
+                    bits_w.clamp_(wmin, wmax)
+                    if bits_a is not None:
+                        bits_a.clamp_(amin, amax)
+                step += 1
+                loss_sum += float(loss.detach()) * len(index)
+                task_sum += float(task_loss.detach()) * len(index)
+                seen += len(index)
+            epoch_seconds.append(time.perf_counter() - started)
+            with torch.no_grad():
+                ratios = relaxed.ratios(bits_w, bits_a).tolist()
+            run.emit("progress", step=epoch + 1, total=s["epochs"],
+                     message=f"epoch {epoch + 1}/{s['epochs']}: loss {loss_sum / max(1, seen):.4f}, "
+                             f"cost/budget {max(ratios) if ratios else 0:.4f}",
+                     loss=loss_sum / max(1, seen), task_loss=task_sum / max(1, seen),
+                     cost_ratios=ratios, mean_weight_bits=float(bits_w.detach().mean()))
+            if run.stopped:
+                break
+        run.info["epoch_seconds"] = [round(t, 4) for t in epoch_seconds]
+        with torch.no_grad():
+            run.info["relaxed_cost_ratios"] = [round(r, 6) for r in relaxed.ratios(bits_w, bits_a).tolist()]
+        learned_w = bits_w.detach().numpy().astype(float)
+        learned_a = None if bits_a is None else bits_a.detach().numpy().astype(float)
+        model.eval()
+        return learned_w, learned_a, model, fq
+
+    def _finetune(self, problem, run, task, policy, model, fq, torch):
+        import torch.nn.functional as F
+
+        from bitsearch.tasks import evaluate_model
+
+        s = self.settings
+        space = problem.space
+        bits = policy.as_dict()
+        wbits = {name: (b.weight_bits if not b.per_kernel else tuple(b.weight_bits)) for name, b in bits.items()}
+        abits = {name: b.act_bits for name, b in bits.items()}
+        for p in model.parameters():
+            p.requires_grad_(True)
+        lr = s["lr"] if s["lr"] is not None else task.recipe.lr * 0.1
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        data = task.data()
+        batch_size = s["batch_size"] or task.recipe.batch_size
+        generator = torch.Generator().manual_seed(run.seed + 1)
+        model.train()
+        for epoch in range(s["finetune_epochs"]):
+            for index in self._batches(len(data.x_train), batch_size, generator, torch):
+                loss = F.cross_entropy(fq(data.x_train[index], wbits, abits), data.y_train[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            run.emit("progress", step=epoch + 1, total=s["finetune_epochs"],
+                     message=f"fine-tuning epoch {epoch + 1}/{s['finetune_epochs']}", phase="finetune")
+            if run.stopped:
+                break
+        model.eval()
+
+        class _Quantized(torch.nn.Module):
+            def forward(self, x):
+                return fq(x, wbits, abits)
+
+        with torch.no_grad():
+            metrics = evaluate_model(_Quantized(), data.x_test, data.y_test)
+        return {"epochs": s["finetune_epochs"], "top1": metrics["top1"], "loss": metrics["loss"]}
+
+
+def _width_at_budget(relaxed, uniform, low, high, torch, iterations=50):
+    """The uniform fractional width whose relaxed cost meets the tightest budget (bisection;
+    the widest width when even that fits, the narrowest when nothing does)."""
+    with torch.no_grad():
+        if not relaxed.budgets or float(relaxed.ratios(*uniform(high)).max()) <= 1.0:
+            return float(high)
+        if float(relaxed.ratios(*uniform(low)).max()) >= 1.0:
+            return float(low)
+        for _ in range(iterations):
+            mid = 0.5 * (low + high)
+            if float(relaxed.ratios(*uniform(mid)).max()) > 1.0:
+                high = mid
+            else:
+                low = mid
+    return float(low)
+
+
+class _Layout:
+    """Maps the learned width vectors onto per-layer widths for the quantized forward."""
+
+    def __init__(self, space, encoding: Encoding):
+        self.space = space
+        self.encoding = encoding
+        pins = space.pins
+        self.pinned = {name: pin for name, pin in pins.items()}
+        self.unit_of_layer = {}
+        self.kernel_slice = {}
+        for u, unit in enumerate(encoding.units):
+            for i in unit.layers:
+                if unit.kernel is None:
+                    self.unit_of_layer[i] = u
+                elif i not in self.kernel_slice:
+                    self.kernel_slice[i] = u
+        self.group_of = {i: j for j, group in enumerate(encoding.groups) for i in group}
+        self.fixed_act = None if space.act_bits is None else space.act_bits[0]
+
+    def bits(self, bits_w, bits_a):
+        wbits, abits = {}, {}
+        for i, layer in enumerate(self.space.layers):
+            if layer.name in self.pinned:
+                pin = self.pinned[layer.name]
+                wbits[layer.name] = pin.weight_bits
+                abits[layer.name] = pin.act_bits
+                continue
+            if self.space.granularity == "kernel":
+                start = self.kernel_slice[i]
+                wbits[layer.name] = bits_w[start:start + layer.kernels]
+            else:
+                wbits[layer.name] = bits_w[self.unit_of_layer[i]]
+            abits[layer.name] = bits_a[self.group_of[i]] if self.space.act_searched else self.fixed_act
+        return wbits, abits
+
+
+class _RelaxedCost:
+    """The budgeted costs of a fractional policy, differentiable in the widths, as
+    ratios ``cost / limit`` (one per budget)."""
+
+    def __init__(self, problem, encoding: Encoding, torch):
+        self.torch = torch
+        space = problem.space
+        self.space = space
+        self.budgets = problem.budgets
+        self.models = [problem.costs[b.cost] for b in self.budgets]
+        self.tables = [{i: torch.tensor(t, dtype=torch.float64) for i, t in relaxed_cost_tables(m, space).items()}
+                       for m in self.models]
+        self.fixed = [pinned_cost(m, space) for m in self.models]
+        self.limits = [b.limit for b in self.budgets]
+        self.layout = _Layout(space, encoding)
+        self.weight_choices = space.weight_bits
+        self.act_choices = space.act_bits if space.act_searched else None
+
+    def _interp(self, table, w, a):
+        """Bilinear interpolation of ``table[w, a]`` at fractional widths (``w`` may be a
+        vector of kernel widths; ``a`` a scalar tensor or None)."""
+        from bitsearch.quant.fractional import choice_interpolation
+
+        torch = self.torch
+        wlo, whi, wf = choice_interpolation(w, self.weight_choices)
+        wf = wf.to(torch.float64)
+        if a is None or self.act_choices is None:
+            col = table[:, 0]
+            return (1 - wf) * col[wlo] + wf * col[whi]
+        alo, ahi, af = choice_interpolation(a, self.act_choices)
+        af = af.to(torch.float64)
+        low = (1 - wf) * table[wlo, alo] + wf * table[whi, alo]
+        high = (1 - wf) * table[wlo, ahi] + wf * table[whi, ahi]
+        return (1 - af) * low + af * high
+
+    def costs(self, bits_w, bits_a):
+        torch = self.torch
+        wbits, abits = self.layout.bits(bits_w, bits_a)
+        out = []
+        for model, tables, fixed in zip(self.models, self.tables, self.fixed):
+            total = torch.tensor(fixed, dtype=torch.float64)
+            for i, table in tables.items():
+                name = self.space.layers[i].name
+                w = wbits[name]
+                a = abits[name] if self.space.act_searched else None
+                if self.space.granularity == "kernel" and model.per_kernel == "max":
+                    total = total + self._interp(table, torch.max(w), a)
+                else:
+                    total = total + self._interp(table, w, a).sum()
+            out.append(total)
+        return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    def ratios(self, bits_w, bits_a):
+        torch = self.torch
+        costs = self.costs(bits_w, bits_a)
+        if costs.numel() == 0:
+            return torch.zeros(1, dtype=torch.float64)
+        return costs / torch.tensor(self.limits, dtype=torch.float64)
