@@ -17,7 +17,7 @@ from . import __version__
 from .errors import UserInputError
 
 # modules that add subcommands: register(subparsers) -> None
-COMMAND_MODULES: list[str] = ["bitsearch.commands.bench", "bitsearch.commands.importer", "bitsearch.commands.latency"]
+COMMAND_MODULES: list[str] = ["bitsearch.commands.bench", "bitsearch.commands.importer", "bitsearch.commands.latency", "bitsearch.commands.finetune"]
 
 EPILOG = """\
 examples:
@@ -317,6 +317,10 @@ def _print_result(problem, policy, metrics, costs):
 
 
 def cmd_eval(args):
+    if getattr(args, "model", None):
+        from .commands.finetune import eval_saved_model
+
+        return eval_saved_model(args)
     from .build import ProblemOptions, SpaceOptions, problem_for_task
     from .errors import PolicyError
     from .policy import load_policy, validate_policy
@@ -439,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width-mult", type=float, default=1.0, help="model width multiplier when the policy "
                                                                   "does not name one")
     p.add_argument("--latency-table", metavar="FILE", help="also report latency from this table")
+    p.add_argument("--model", metavar="FILE", help="score this fine-tuned model (from bitsearch finetune)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
