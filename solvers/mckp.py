@@ -80,7 +80,7 @@ def _relative(gap_abs: float, objective: float) -> float:
 
 
 def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: int = 200_000,
-               allowed=None) -> MCKPSolution:
+               allowed=None, local_rounds: int = 100) -> MCKPSolution:
     """Minimise ``sum_i values[i, x_i]`` subject to ``sum_i costs[i, x_i] <= capacity``.
 
     ``values`` and ``costs`` have shape ``(units, choices)``; a choice with a non-finite
@@ -220,10 +220,20 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
         lagrangian = math.fsum(rmin) - lam * capacity
         lower = max(lower, lagrangian) if np.isfinite(lagrangian) else lower
         reduced = np.where(ok, R - rmin[:, None], np.inf)
+        useful = ok & ((Vs < best_before) | (cols == 0))  # dominated choices add nothing
+        # local search (one move, or a move up paired with a move down) among the choices
+        # that could be in a better solution, to bring the incumbent near the optimum first
+        improved = _local_search(Cs, Vs, useful & (reduced < upper - lagrangian - tol), incumbent, capacity,
+                                 eps, rounds=local_rounds)
+        if improved is not None:
+            improved_cost = math.fsum(Cs[np.arange(n), improved])
+            improved_value = math.fsum(Vs[np.arange(n), improved])
+            if improved_cost <= capacity and improved_value < upper:
+                incumbent, upper, total_cost = improved, improved_value, improved_cost
+                tol = max(gap * abs(upper), eps)
+    if upper - lower > tol:
         delta = upper - lagrangian
-        survive = ok & (reduced < delta - tol)
-        # a choice equal in cost and value to a kept one adds nothing; dominated ones neither
-        survive &= (Vs < best_before) | (cols == 0)
+        survive = useful & (reduced < delta - tol)
         counts = survive.sum(axis=1)
         fixed_units = np.flatnonzero(counts == 1)
         core = np.flatnonzero(counts >= 2)
@@ -253,6 +263,75 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
     lower = min(lower, objective)
     return MCKPSolution(choice, objective, cost, lower, _relative(objective - lower, objective), status,
                         float(lp_bound), lam, core_units, nodes, time.perf_counter() - started)
+
+
+def _local_search(C, V, allowed, start, capacity, eps, *, rounds):
+    """Improve a feasible assignment by single moves that fit the unused capacity and by
+    pairs (one unit to a better, dearer choice; another to a cheaper one that frees the
+    room), each round taking the move that gains most.  Only ``allowed`` targets are
+    considered.  Returns the new assignment, or None when nothing improved."""
+    units = np.flatnonzero(allowed.any(axis=1))
+    if units.size == 0 or rounds <= 0:
+        return None
+    n_all = C.shape[0]
+    pos = start.copy()
+    Cu, Vu, Au = C[units], V[units], allowed[units]
+    local = np.arange(units.size)
+    used = math.fsum(C[np.arange(n_all), pos])
+    changed = False
+    for _ in range(rounds):
+        residual = capacity - used
+        p = pos[units]
+        dC = Cu - Cu[local, p][:, None]
+        dV = Vu - Vu[local, p][:, None]
+        movable = Au & (np.arange(Cu.shape[1])[None, :] != p[:, None])
+        single = movable & (dC <= residual) & (dV < -eps)
+        if single.any():
+            flat = np.flatnonzero(single.ravel())
+            best = flat[np.argmin(dV.ravel()[flat])]
+            u, j = divmod(int(best), Cu.shape[1])
+            pos[units[u]] = j
+            used += float(dC[u, j])
+            changed = True
+            continue
+        up = movable & (dV < -eps) & (dC > residual)
+        down = movable & (dC < 0)
+        if not up.any() or not down.any():
+            break
+        d_units, d_cols = np.nonzero(down)
+        freed = -dC[d_units, d_cols]
+        loss = dV[d_units, d_cols]
+        order = np.argsort(freed, kind="stable")
+        freed_s, loss_s = freed[order], loss[order]
+        suffix = np.minimum.accumulate(loss_s[::-1])[::-1]
+        u_units, u_cols = np.nonzero(up)
+        need = dC[u_units, u_cols] - residual
+        at = np.searchsorted(freed_s, need, side="left")
+        reachable = at < freed_s.size
+        net = np.full(need.size, np.inf)
+        net[reachable] = dV[u_units[reachable], u_cols[reachable]] + suffix[at[reachable]]
+        applied = False
+        for candidate in np.argsort(net, kind="stable")[:8].tolist():
+            if not net[candidate] < -eps:
+                break
+            u, j = int(u_units[candidate]), int(u_cols[candidate])
+            fits = (freed >= need[candidate]) & (d_units != u)
+            if not fits.any():
+                continue
+            k = int(np.flatnonzero(fits)[np.argmin(loss[fits])])
+            if dV[u, j] + loss[k] >= -eps:
+                continue
+            du, dj = int(d_units[k]), int(d_cols[k])
+            pos[units[u]] = j
+            pos[units[du]] = dj
+            used += float(dC[u, j] + dC[du, dj])
+            changed = applied = True
+            break
+        if not applied:
+            break
+    if not changed:
+        return None
+    return pos
 
 
 def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, tol, max_nodes):
