@@ -30,6 +30,7 @@ proven LP bound and the gap between them.  numpy only.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def _relative(gap_abs: float, objective: float) -> float:
 
 
 def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: int = 200_000,
-               allowed=None, local_rounds: int = 100) -> MCKPSolution:
+               allowed=None, local_rounds: int = 100, max_dp_cells: int = 30_000_000) -> MCKPSolution:
     """Minimise ``sum_i values[i, x_i]`` subject to ``sum_i costs[i, x_i] <= capacity``.
 
     ``values`` and ``costs`` have shape ``(units, choices)``; a choice with a non-finite
@@ -241,10 +242,18 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
         fixed_pos = np.argmax(survive[fixed_units], axis=1)
         fixed_cost = math.fsum(Cs[fixed_units, fixed_pos])
         fixed_value = math.fsum(Vs[fixed_units, fixed_pos])
-        # --- 4. depth-first branch and bound over the core --------------------------------------
-        best_core, best_value, nodes, complete = _branch_and_bound(
-            Cs[core], Vs[core], reduced[core], survive[core], capacity - fixed_cost, lam,
-            target=upper - fixed_value - tol, delta=delta, tol=tol, max_nodes=max_nodes)
+        # --- 4. exact search over the core: dynamic programming when the costs are integers
+        # on a small enough grid (sizes in bits usually are), else depth-first branch and bound
+        solved = _integer_dp(Cs[core], Vs[core], reduced[core], survive[core], capacity - fixed_cost, lam,
+                             delta=delta, tol=tol, max_cells=max_dp_cells)
+        if solved is not None:
+            best_core, nodes, complete = solved[0], 0, True
+            if best_core is not None and math.fsum(Vs[core, best_core]) >= upper - fixed_value - tol:
+                best_core = None  # the incumbent is optimal
+        else:
+            best_core, _, nodes, complete = _branch_and_bound(
+                Cs[core], Vs[core], reduced[core], survive[core], capacity - fixed_cost, lam,
+                target=upper - fixed_value - tol, delta=delta, tol=tol, max_nodes=max_nodes)
         if best_core is not None:
             candidate = incumbent.copy()
             candidate[fixed_units] = fixed_pos
@@ -334,6 +343,87 @@ def _local_search(C, V, allowed, start, capacity, eps, *, rounds):
     return pos
 
 
+def _integer_dp(C, V, reduced, survive, capacity, lam, *, delta, tol, max_cells):
+    """Exact optimum over the core when every cost difference is an integer multiple of
+    one grid step (and the grid is small): a dynamic program over the net change of cost.
+
+    Each core unit starts at its cheapest zero-reduced-cost choice (its *base*); the
+    state is the net cost change from the bases, in grid steps.  An improving solution
+    has ``lam * slack < delta``, so the final net change lies in a window of width
+    ``delta / (lam * step)`` below the room left; partial sums are kept to the window
+    that the remaining units can still reach.  Returns ``(choices,)`` with the best
+    choices (column indices) in the window, ``(None,)`` when no assignment lies in it (the
+    incumbent is optimal), or ``None`` when the costs are not on a grid or the table would
+    exceed ``max_cells``.
+    """
+    k, m = C.shape
+    if k == 0 or not lam > 0:
+        return None
+    rows = np.arange(k)
+    rmin = np.min(np.where(survive, reduced, np.inf), axis=1)
+    at_zero = survive & (reduced <= rmin[:, None] + tol * 1e-6)
+    base = np.argmin(np.where(at_zero, C, np.inf), axis=1)
+    diff = np.where(survive, C - C[rows, base][:, None], 0.0)
+    if not np.all(np.isfinite(diff)) or np.any(diff != np.round(diff)) or np.abs(diff).max() > 2 ** 52:
+        return None
+    steps = np.abs(diff[diff != 0]).astype(np.int64)
+    step = int(np.gcd.reduce(steps)) if steps.size else 1
+    units_dc = (diff / step).astype(np.int64)
+    base_cost = math.fsum(C[rows, base])
+    room = capacity - base_cost
+    if room < 0:
+        return None
+    top = int(math.floor(room / step))                         # the final net change is <= top
+    bottom = top - int(math.floor((delta - tol) / (lam * step)))  # ... and >= bottom to improve
+    up = np.where(survive, units_dc, 0).max(axis=1)
+    down = np.where(survive, units_dc, 0).min(axis=1)
+    up_suffix = np.r_[np.cumsum(up[::-1])[::-1], 0]
+    down_suffix = np.r_[np.cumsum(down[::-1])[::-1], 0]
+    # window of the partial sum after d units: [bottom - up_suffix[d], top - down_suffix[d]]
+    widths = (top - down_suffix) - (bottom - up_suffix) + 1
+    if widths.max() <= 0 or int(np.minimum(widths, np.cumsum(np.r_[0, up - down]) + 1).sum()) * m > max_cells:
+        return None
+    choices = [np.flatnonzero(survive[i]) for i in range(k)]
+    value = np.array([0.0])
+    low = high = 0  # the window of `value`
+    back = []
+    for d in range(k):
+        js = choices[d]
+        dcs = units_dc[d, js]
+        dvs = V[d, js] - V[d, base[d]]
+        new_low = max(low + int(dcs.min()), bottom - int(up_suffix[d + 1]))
+        new_high = min(high + int(dcs.max()), top - int(down_suffix[d + 1]))
+        if new_high < new_low:
+            return (None,)  # no assignment reaches the window: nothing improves
+        new = np.full(new_high - new_low + 1, np.inf)
+        pick = np.full(new.size, -1, dtype=np.int16)
+        for j, dc, dv in zip(js.tolist(), dcs.tolist(), dvs.tolist()):
+            src_low, src_high = max(low, new_low - dc), min(high, new_high - dc)
+            if src_high < src_low:
+                continue
+            src = value[src_low - low:src_high - low + 1] + dv
+            dst = slice(src_low + dc - new_low, src_high + dc - new_low + 1)
+            better = src < new[dst]
+            new[dst] = np.where(better, src, new[dst])
+            pick[dst] = np.where(better, j, pick[dst])
+        back.append((new_low, pick))
+        value, low, high = new, new_low, new_high
+    lo, hi = max(low, bottom), min(high, top)
+    if hi < lo:
+        return (None,)
+    window = value[lo - low:hi - low + 1]
+    if not np.isfinite(window).any():
+        return (None,)
+    x = lo + int(np.argmin(window))
+    chosen = np.empty(k, dtype=int)
+    for d in range(k - 1, -1, -1):
+        offset, pick = back[d]
+        j = int(pick[x - offset])
+        chosen[d] = j
+        x -= int(units_dc[d, j])
+    return (chosen,)
+
+
 def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, tol, max_nodes):
     """Exact search over the core units, as sets of deviations from the Lagrangian choice.
 
@@ -375,6 +465,47 @@ def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, t
     counts_l = counts.tolist()
     devs = list(zip(dev_order.tolist(), dev_r.tolist(), dev_dc.tolist(), dev_dv.tolist()))
     devs = [(o[:c], r[:c], dc[:c], dv[:c]) for (o, r, dc, dv), c in zip(devs, counts_l)]
+    # Bounds on completing a node whose slack is S (capacity left with the other units at
+    # base), from the LP over every deviation of the core (a superset of those still open,
+    # so the bounds stay valid): filling S upward costs at least fill(S) in sum(r) + lam *
+    # slack; freeing F = -S downward costs at least free(F) in sum(r).
+    flat_r, flat_dc = dev_r[valid_dc != 0], dev_dc[valid_dc != 0]
+    upward = flat_dc > 0
+    up_ratio = flat_r[upward] / flat_dc[upward]
+    keep_up = up_ratio < lam
+    up_order = np.argsort(up_ratio[keep_up], kind="stable")
+    up_dc = flat_dc[upward][keep_up][up_order]
+    up_gain = (lam - up_ratio[keep_up][up_order]) * up_dc
+    up_cum_dc = np.cumsum(up_dc).tolist()
+    up_cum_gain = np.cumsum(up_gain).tolist()
+    up_rate = (lam - up_ratio[keep_up][up_order]).tolist()
+    down = flat_dc < 0
+    down_freed = -flat_dc[down]
+    down_ratio = flat_r[down] / down_freed
+    down_order = np.argsort(down_ratio, kind="stable")
+    down_cum_freed = np.cumsum(down_freed[down_order]).tolist()
+    down_cum_r = np.cumsum(flat_r[down][down_order]).tolist()
+    down_rate = down_ratio[down_order].tolist()
+
+    def completion_bound(slack: float) -> float:
+        """Least sum(r) + lam * slack any completion can add, given the node's slack."""
+        if slack >= 0:
+            i = bisect.bisect_left(up_cum_dc, slack)
+            if i == len(up_cum_dc):
+                gained = up_cum_gain[-1] if up_cum_gain else 0.0
+            else:
+                before_dc = up_cum_dc[i - 1] if i else 0.0
+                before_gain = up_cum_gain[i - 1] if i else 0.0
+                gained = before_gain + (slack - before_dc) * up_rate[i]
+            return max(0.0, lam * slack - gained)
+        need = -slack
+        i = bisect.bisect_left(down_cum_freed, need)
+        if i == len(down_cum_freed):
+            return math.inf
+        before_freed = down_cum_freed[i - 1] if i else 0.0
+        before_r = down_cum_r[i - 1] if i else 0.0
+        return before_r + (need - before_freed) * down_rate[i]
+
     mindev = mindev.tolist()
     base_cost = math.fsum(C[rows, base])
     base_value = math.fsum(V[rows, base])
@@ -411,6 +542,8 @@ def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, t
                     continue
                 slack_lb = capacity - (base_cost + c + pos_suffix[u + 1])
                 if slack_lb > 0 and r + lam * slack_lb >= limit:
+                    continue
+                if r + completion_bound(capacity - base_cost - c) >= limit:
                     continue
                 child = (u, t - 1, r, c, d_value + dvs[t - 1])
                 break
