@@ -199,14 +199,22 @@ class _State:
         return self.encoding.decode(self.w, self.a if self.space.act_searched else None)
 
 
-def project_to_budget(problem, learned_weight_bits, learned_act_bits=None, *, fill: bool = True):
+def project_to_budget(problem, learned_weight_bits, learned_act_bits=None, *, fill: bool = True,
+                      method: str = "auto"):
     """An integer policy near the learned fractional widths that keeps every budget.
 
     ``learned_weight_bits``: one real width per weight unit (``space.weight_units()``);
     ``learned_act_bits``: one per activation group when activations are searched.
-    Returns ``(policy, info)``.  Raises :class:`InfeasibleBudgetError` when no policy
-    keeps the budgets jointly.
+    ``method``: ``knapsack`` solves the projection exactly (least total
+    ``(choice - learned)**2`` within the budget) with the multiple-choice knapsack of
+    ``bitsearch.solvers.mckp``, which needs one budget over costs that add up per weight
+    unit and activations not searched; ``greedy`` walks widths down (and up, with
+    ``fill``) one choice at a time and handles any number of budgets; ``auto`` takes the
+    knapsack when it applies.  Returns ``(policy, info)``.  Raises
+    :class:`InfeasibleBudgetError` when no policy keeps the budgets jointly.
     """
+    if method not in ("auto", "knapsack", "greedy"):
+        raise SearcherSettingsError(f"projection {method!r} is not 'auto', 'knapsack' or 'greedy'")
     space = problem.space
     encoding = Encoding(space)
     w_choices = np.asarray(space.weight_bits, dtype=float)
@@ -222,7 +230,22 @@ def project_to_budget(problem, learned_weight_bits, learned_act_bits=None, *, fi
         pref_a = np.zeros((0, 1))
         a0 = np.zeros(0, dtype=int)
     state = _State(problem, encoding, w0, a0)
-    info = {"lowered": 0, "raised": 0, "rounding_fixes": 0}
+    info = {"method": "greedy", "lowered": 0, "raised": 0, "rounding_fixes": 0}
+    knapsack = len(state.budgets) == 1 and state.separable[0] and not space.act_searched and len(state.units) > 0
+    if method == "knapsack" and not knapsack:
+        raise SearcherSettingsError("the knapsack projection needs exactly one budget over a cost that adds up "
+                                    "per weight unit, and activations not searched; use 'greedy'")
+    if method != "greedy" and knapsack:
+        from .mckp import KnapsackInfeasible, solve_mckp
+
+        try:
+            solution = solve_mckp(pref_w, state.unit_tables[0][:, :, 0], float(state.limits[0] - state.fixed[0]))
+        except KnapsackInfeasible:
+            pass  # the greedy walk below raises the error with the costs named
+        else:
+            state.w[:] = solution.choice
+            state.layer_cost = {i: state._layer_cost(i, state.w, state.a) for i in space.free_layers()}
+            info.update(method="knapsack", knapsack=solution.summary())
 
     def preference(kind, indices, new):
         """Preference lost by each move of a block (negative: closer to the learned widths)."""
@@ -314,7 +337,8 @@ class FracBitsSearcher(BaseSearcher):
     ``batch_size`` (None: the recipe's); ``train_weights`` whether the weights learn too;
     ``train_samples`` caps the training samples used per epoch (None: all);
     ``finetune_epochs`` of training at the final integer policy (its accuracy goes to
-    ``result.info``); ``fill`` whether the projection spends leftover budget.
+    ``result.info``); ``fill`` whether the projection spends leftover budget;
+    ``projection`` ``auto``, ``knapsack`` or ``greedy`` (see :func:`project_to_budget`).
     """
 
     name = "fracbits"
@@ -333,6 +357,7 @@ class FracBitsSearcher(BaseSearcher):
         "train_samples": None,
         "finetune_epochs": 0,
         "fill": True,
+        "projection": "auto",
     }
 
     def __init__(self, **settings):
@@ -352,6 +377,8 @@ class FracBitsSearcher(BaseSearcher):
                 problems.append(f"{key} must be an integer >= 1 or None (got {s[key]!r})")
         if s["init_bits"] is not None and not isinstance(s["init_bits"], (int, float)):
             problems.append(f"init_bits must be a number or None (got {s['init_bits']!r})")
+        if s["projection"] not in ("auto", "knapsack", "greedy"):
+            problems.append(f"projection must be 'auto', 'knapsack' or 'greedy' (got {s['projection']!r})")
         if problems:
             raise SearcherSettingsError(f"searcher 'fracbits': {'; '.join(problems)}")
 
@@ -380,7 +407,8 @@ class FracBitsSearcher(BaseSearcher):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
             learned_w, learned_a, model, fq = self._learn(problem, run, task, width_mult, torch)
-        policy, info = project_to_budget(problem, learned_w, learned_a, fill=self.settings["fill"])
+        policy, info = project_to_budget(problem, learned_w, learned_a, fill=self.settings["fill"],
+                                         method=self.settings["projection"])
         run.info["projection"] = {k: v for k, v in info.items() if k != "weight_index"}
         run.info["learned_weight_bits"] = [round(float(b), 4) for b in learned_w]
         if learned_a is not None:
@@ -405,7 +433,10 @@ class FracBitsSearcher(BaseSearcher):
         pins = space.pins
         needs_range = [layer.name for layer in space.layers
                        if (pins[layer.name].act_bits if layer.name in pins else space.act_bits) is not None]
-        ranges = calibrate_input_ranges(model, needs_range, data.calibration) if needs_range else {}
+        calibration = getattr(problem.evaluator, "calibration", None)  # what the evaluator calibrates on
+        if not isinstance(calibration, torch.Tensor):
+            calibration = data.calibration
+        ranges = calibrate_input_ranges(model, needs_range, calibration) if needs_range else {}
         fq = FractionalQuantModel(model, names, space.weight_bits, space.act_bits, ranges)
         return model, data, fq
 

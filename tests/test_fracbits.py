@@ -152,16 +152,18 @@ BUDGET_SETS = [("size=3bit",), ("size=2.5bit", "bops=4bit"), ("bops=2.2bit",), (
                ("bitfusion=frac:0.4", "size=5bit"), ("size=2bit",)]
 
 
+@pytest.mark.parametrize("method", ["greedy", "auto"])
 @pytest.mark.parametrize("granularity", ["layer", "kernel"])
 @pytest.mark.parametrize("budgets", BUDGET_SETS)
-def test_projection_keeps_every_budget(granularity, budgets):
+def test_projection_keeps_every_budget(granularity, budgets, method):
     problem = small_problem(budgets, granularity)
     encoding = Encoding(problem.space)
     rng = np.random.default_rng(len(budgets))
     learned = [np.full(encoding.n_weight_units, 8.0), np.full(encoding.n_weight_units, 2.0),
                rng.uniform(2, 8, encoding.n_weight_units), rng.uniform(2.5, 3.5, encoding.n_weight_units)]
     for widths in learned:
-        policy, info = project_to_budget(problem, widths)
+        policy, info = project_to_budget(problem, widths, method=method)
+        assert info["method"] == ("knapsack" if method == "auto" and len(budgets) == 1 else "greedy")
         assert problem.fits(policy), problem.violations(policy)
         # filled: no single unit can be raised one choice without breaking a budget
         w, _ = encoding.encode(policy)
@@ -170,6 +172,30 @@ def test_projection_keeps_every_budget(granularity, budgets):
                 w2 = w.copy()
                 w2[u] += 1
                 assert not problem.fits(encoding.decode(w2)), f"unit {u} could still be raised"
+
+
+@pytest.mark.parametrize("granularity", ["layer", "kernel"])
+def test_knapsack_projection_is_the_closest_policy_within_budget(granularity):
+    """Without fill, the knapsack projection minimises sum (choice - learned)^2 exactly:
+    checked against every policy of the space (layer) or against the greedy walk (kernel)."""
+    problem = small_problem(("size=3bit",), granularity)
+    encoding = Encoding(problem.space)
+    choices = np.asarray(problem.space.weight_bits, dtype=float)
+    learned = np.random.default_rng(5).uniform(2, 8, encoding.n_weight_units)
+
+    def distance(policy):
+        w, _ = encoding.encode(policy)
+        return float(((choices[w] - learned) ** 2).sum())
+
+    exact, info = project_to_budget(problem, learned, fill=False, method="knapsack")
+    assert info["method"] == "knapsack" and problem.fits(exact)
+    greedy, _ = project_to_budget(problem, learned, fill=False, method="greedy")
+    assert distance(exact) <= distance(greedy) + 1e-9
+    if granularity == "layer":
+        best = min(distance(encoding.decode(w)) for w in itertools.product(range(len(choices)),
+                                                                           repeat=encoding.n_weight_units)
+                   if problem.fits(encoding.decode(w)))
+        assert distance(exact) == pytest.approx(best)
 
 
 def test_projection_keeps_learned_widths_that_fit():

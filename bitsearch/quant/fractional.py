@@ -12,7 +12,7 @@ take.  ``dQ/db = (Q(x, hi) - Q(x, lo)) / (hi - lo)`` is non-zero between choices
 rounding inside ``Q`` is straight-through for the input.  At a width equal to a choice
 the mix has ``f = 0`` (or 1 at the widest choice) and ``Q`` is the integer quantizer.
 
-The integer arithmetic follows the project's conventions (``bitsearch.quant``):
+The integer quantizers are the project's own (:mod:`bitsearch.quant.functional`):
 
 * weights: symmetric, per kernel (dim 0), restricted range ``[-qmax, qmax]`` with
   ``qmax = 2**(b-1) - 1``, ``scale = max|w_k| / qmax`` (no gradient; an all-zero kernel
@@ -34,15 +34,13 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from . import functional
+
 __all__ = ["choice_interpolation", "weight_scales", "quantize_weight", "quantize_weight_fractional",
-           "activation_range", "quantize_activation", "quantize_activation_fractional", "calibrate_input_ranges",
+           "quantize_activation", "quantize_activation_fractional", "calibrate_input_ranges",
            "FractionalQuantModel"]
 
 FLOAT_BITS = 32
-
-
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
 
 
 def _per_kernel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -87,29 +85,24 @@ def _kernel_bits(bits, weight: torch.Tensor) -> torch.Tensor:
 
 
 def weight_scales(weight: torch.Tensor, bits) -> torch.Tensor:
-    """Per-kernel scales ``max|w_k| / (2**(b_k-1) - 1)``, shape ``[out]``, no gradient."""
-    with torch.no_grad():
-        b = _kernel_bits(bits, weight)
-        qmax = torch.exp2(b - 1.0) - 1.0
-        absmax = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1).to(torch.float32)
-        scale = torch.clamp(absmax / qmax, min=torch.finfo(torch.float32).tiny)
-        return torch.where(absmax > 0, scale, torch.ones_like(scale))
+    """Per-kernel scales ``max|w_k| / (2**(b_k-1) - 1)``, shape ``[out]``, no gradient
+    (:func:`bitsearch.quant.functional.weight_scales`)."""
+    return functional.weight_scales(weight, _kernel_bits(bits, weight).to(torch.int64))
 
 
 def quantize_weight(weight: torch.Tensor, bits) -> torch.Tensor:
     """Fake-quantized weight at integer widths (an int, or one per kernel), straight-through
-    in ``weight``.  Widths of 32 and more leave the weight in float."""
+    in ``weight``: :func:`bitsearch.quant.functional.fake_quantize_weight`.  Widths of 32
+    and more leave the weight in float."""
     b = _kernel_bits(bits, weight)
     if bool((b >= FLOAT_BITS).all()):
         return weight
     if bool((b < 2).any()):
         raise ValueError(f"weight widths must be at least 2 bits, got {sorted(set(b.tolist()))}")
-    qmax = _per_kernel(torch.exp2(b - 1.0) - 1.0, weight)
-    scale = _per_kernel(weight_scales(weight, b), weight)
-    q = torch.clamp(_round_ste(weight * torch.reciprocal(scale)), -qmax, qmax) * scale
     if bool((b >= FLOAT_BITS).any()):  # some kernels float, others not
-        q = torch.where(_per_kernel(b >= FLOAT_BITS, weight), weight, q)
-    return q
+        q = functional.fake_quantize_weight(weight, torch.clamp(b, max=functional.MAX_BITS).to(torch.int64))
+        return torch.where(_per_kernel(b >= FLOAT_BITS, weight), weight, q)
+    return functional.fake_quantize_weight(weight, b.to(torch.int64))
 
 
 def quantize_weight_fractional(weight: torch.Tensor, bits: torch.Tensor, choices: Sequence[int]) -> torch.Tensor:
@@ -130,31 +123,14 @@ def quantize_weight_fractional(weight: torch.Tensor, bits: torch.Tensor, choices
 
 
 # --- activations -------------------------------------------------------------------------
-def activation_range(bits: int, low: float, high: float) -> tuple[int, int, float]:
-    """``(qmin, qmax, scale)`` of an activation at ``bits`` over the calibrated range:
-    unsigned when ``low >= 0``, symmetric signed otherwise; ``scale`` is a float32 value."""
-    bits, low, high = int(bits), float(low), float(high)
-    if low >= 0:
-        qmin, qmax, extent = 0, (1 << bits) - 1, high
-    else:
-        qmax = (1 << (bits - 1)) - 1
-        qmin, extent = -qmax, max(-low, high)
-    scale = extent / qmax if extent > 0 else 1.0
-    scale = max(float(torch.tensor(scale, dtype=torch.float32)), float(torch.finfo(torch.float32).tiny))
-    return qmin, qmax, scale
-
-
 def quantize_activation(x: torch.Tensor, bits: int | None, low: float, high: float) -> torch.Tensor:
     """``x`` fake-quantized at an integer width over the calibrated range ``[low, high]``
-    (straight-through inside the range, no gradient where clamped).  ``None`` or 32 and
+    (:func:`bitsearch.quant.functional.activation_qparams` and
+    :func:`~bitsearch.quant.functional.fake_quantize_activation`).  ``None`` or 32 and
     more: float."""
     if bits is None or int(bits) >= FLOAT_BITS:
         return x
-    if int(bits) < 2:
-        raise ValueError(f"activation widths must be at least 2 bits, got {bits}")
-    qmin, qmax, scale = activation_range(bits, low, high)
-    s = torch.tensor(scale, dtype=x.dtype, device=x.device)
-    return torch.clamp(_round_ste(x * torch.reciprocal(s)), qmin, qmax) * s
+    return functional.fake_quantize_activation(x, functional.activation_qparams(int(bits), low, high))
 
 
 def quantize_activation_fractional(x: torch.Tensor, bits: torch.Tensor, choices: Sequence[int],
