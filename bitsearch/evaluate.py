@@ -73,6 +73,16 @@ class Evaluator:
         self._calibration = None
         self._layer_names: tuple[str, ...] | None = None
         self._float_metrics: dict[str, float] | None = None
+        self._reusable = None  # the quantized copy re-set for each policy (no fine-tuning)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return (f"Evaluator({self.task.name!r}, width_mult={self.width_mult:g}, metric_kind={self.metric_kind!r}, "
@@ -142,19 +152,39 @@ class Evaluator:
                                                           batch_size=self.batch_size))
             return dict(self._float_metrics)
 
+    def _check_covers(self, policy: Policy) -> None:
+        names = set(policy.names)
+        missing = [name for name in self.layer_names() if name not in names]
+        if missing:
+            raise PolicyError([f"missing layer {name!r}" for name in missing])
+
     def quantized_model(self, policy: Policy):
         """The model as :meth:`evaluate` scores it: fake-quantized, calibrated, and
         fine-tuned when ``finetune_epochs`` > 0 (a fresh copy, yours to keep)."""
         from .quant import apply_policy
 
-        names = set(policy.names)
-        missing = [name for name in self.layer_names() if name not in names]
-        if missing:
-            raise PolicyError([f"missing layer {name!r}" for name in missing])
+        self._check_covers(policy)
         qmodel = apply_policy(self.model, policy, calibration=self.calibration)
         if self.finetune_epochs:
             self.task.fit(qmodel, self.data, epochs=self.finetune_epochs, lr=self.finetune_lr)
         return qmodel.eval()
+
+    def _scored_model(self, policy: Policy):
+        """What :meth:`evaluate` runs.  Without fine-tuning the weights never change, so one
+        quantized copy is kept and re-set for each policy (widths set, ranges calibrated
+        afresh): the same numbers as a fresh :meth:`quantized_model`, without the copy."""
+        from .quant import calibrate, set_policy
+
+        if self.finetune_epochs:
+            return self.quantized_model(policy)
+        self._check_covers(policy)
+        if self._reusable is None:
+            from .quant import apply_policy
+
+            self._reusable = apply_policy(self.model, policy)
+        else:
+            set_policy(self._reusable, policy)
+        return calibrate(self._reusable, self.calibration).eval()
 
     def evaluate(self, policy: Policy) -> dict[str, float]:
         """``{"top1": ..., "loss": ...}`` of ``policy`` on the test split (cached by ``policy.key``)."""
@@ -165,7 +195,7 @@ class Evaluator:
             hit = self._cache.get(key)
             if hit is not None:
                 return dict(hit)
-            qmodel = self.quantized_model(policy)
+            qmodel = self._scored_model(policy)
             data = self.data
             metrics = evaluate_model(qmodel, data.x_test, data.y_test, batch_size=self.batch_size)
             metrics = {"top1": float(metrics["top1"]), "loss": float(metrics["loss"])}

@@ -156,3 +156,29 @@ def test_problem_scores_with_the_evaluator(evaluator):
     metrics = problem.evaluate(policy)
     assert problem.score(metrics) == metrics["top1"]
     assert problem.objective == "top1"
+
+
+def test_reused_quantized_copy_scores_like_a_fresh_one(task):
+    from bitsearch.tasks import evaluate_model
+
+    evaluator = Evaluator(task)
+    space = evaluator.space(granularity="kernel", act_bits=(4, 8))
+    generator = torch.Generator().manual_seed(3)
+    for act in (4, 8, 4):
+        bits = tuple((layer.name, LayerBits(tuple(torch.randint(2, 9, (layer.kernels,), generator=generator).tolist()),
+                                            act)) for layer in space.layers)
+        policy = Policy(bits, "kernel")
+        scored = evaluator.evaluate(policy)
+        fresh = evaluator.quantized_model(policy)
+        data = evaluator.data
+        assert evaluate_model(fresh, data.x_test, data.y_test) == pytest.approx(scored, abs=1e-6)
+
+
+def test_evaluator_pickles(evaluator):
+    import pickle
+
+    policy = Policy.uniform(evaluator.space(), 4)
+    expected = evaluator.evaluate(policy)
+    clone = pickle.loads(pickle.dumps(evaluator))
+    clone.clear_cache()
+    assert clone.evaluate(policy) == expected
