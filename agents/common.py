@@ -99,6 +99,7 @@ class RunEnv:
         self.env = QuantEnv(problem, action_type=action_type, reward=settings["reward"],
                             reward_scale=float(settings.get("reward_scale", 1.0)),
                             cost_weights=settings.get("cost_weights") or None, objective=objective,
+                            projection_penalty=float(settings.get("projection_penalty", 0.0)),
                             evaluate=evaluate)
         self.best_reward = -np.inf
 

@@ -51,6 +51,7 @@ class HAQSearcher(BaseSearcher):
         "reward": "haq",
         "reward_scale": 1.0,
         "cost_weights": {},
+        "projection_penalty": 0.0,
         "objective": "auto",
         "threads": 1,
     }

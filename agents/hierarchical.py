@@ -7,7 +7,11 @@ Two controllers share one episode of :class:`~bitsearch.envs.QuantEnv`:
   layer's observation (shape, cost, sensitivity features, budget spent and left, the
   previous decision) it chooses the activation width (when activations are searched)
   and a **goal** for the layer's weights: their mean width, as a position in
-  ``[0, 1]`` over the width choices;
+  ``[0, 1]`` over the width choices.  With ``relative_goals`` (the default) the action
+  is an offset (up to ``goal_range``) from the layer's fair share of the budget left --
+  the width at which this layer and all later ones would spend exactly what remains --
+  so that the neutral action keeps the budget and exploration starts around feasible
+  policies instead of far over the budget;
 * the **low-level controller** (LLC) chooses the width of every kernel of the layer
   given the goal.  One shared policy acts on all kernels of a layer **at once**: its
   observation is the kernel's features (position in the layer, sensitivity from the
@@ -75,16 +79,19 @@ class AutoQSearcher(BaseSearcher):
         "tau": 0.01,
         "gamma": 0.0,
         "noise": 0.5,
-        "low_noise": 0.3,
+        "low_noise": 0.05,
         "noise_decay": 0.99,
         "gradient_steps": 1,
         "low_gradient_steps": 1,
         "zeta": 0.5,
         "goal_span": 0.5,
+        "relative_goals": True,
+        "goal_range": 0.5,
         "ppo_episodes": 8,
         "reward": "autoq",
         "reward_scale": 1.0,
         "cost_weights": {},
+        "projection_penalty": 0.0,
         "objective": "auto",
         "threads": 1,
     }
@@ -176,12 +183,13 @@ class _AutoQRun:
         return 2.0 * truncated_normal(self.rng, mean, sigma, 0.0, 1.0) - 1.0, None
 
     def _low_actions(self, obs, sigma, exploring):
+        """Deviations from the goal in [-1, 1]; ``sigma`` is in width-position units."""
+        scale = sigma / float(self.s["goal_span"])
         if exploring:
-            return self.rng.uniform(-1.0, 1.0, obs.shape[0])
+            return truncated_normal(self.rng, np.zeros(obs.shape[0]), scale, -1.0, 1.0)
         if self.low_algorithm == "sac":
             return self.low.act(obs, deterministic=False)[:, 0]
-        mean = self.low.act(obs)[:, 0]
-        return truncated_normal(self.rng, mean, 2.0 * sigma, -1.0, 1.0)
+        return truncated_normal(self.rng, self.low.act(obs)[:, 0], scale, -1.0, 1.0)
 
     # ------------------------------------------------------------------ one episode
     def episode(self, episode: int):
@@ -191,14 +199,18 @@ class _AutoQRun:
         decay = float(s["noise_decay"]) ** max(0, episode - warmup)
         sigma, low_sigma = float(s["noise"]) * decay, float(s["low_noise"]) * decay
         span = float(s["goal_span"])
+        relative, goal_range = bool(s["relative_goals"]), float(s["goal_range"])
         env.begin()
         high_obs, high_act, high_extra, low_batches = [], [], [], []
         for g in range(env.n_groups):
             obs = env.group_observation(g)
             action, extra = self._high_action(obs, episode, sigma, exploring)
             act_position = (action[0] + 1.0) / 2.0 if env.act_searched else 1.0
-            goal = (action[-1] + 1.0) / 2.0
             env.decide_act(g, act_position)
+            if relative:
+                goal = float(np.clip(env.fair_position(g) + goal_range * action[-1], 0.0, 1.0))
+            else:
+                goal = (action[-1] + 1.0) / 2.0
             units = env.group_units[g]
             if self.kernel_wise:
                 features = env.unit_features(g)

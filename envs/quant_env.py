@@ -116,8 +116,9 @@ class QuantEnv(gym.Env):
     evaluate: ``policy -> metrics`` used instead of the env's own cached scoring (a
         searcher passes its ``SearchRun`` so every episode is recorded); the caller
         then caches.
-    reference: the objective value rewards are measured against (default: the widest
-        policy's accuracy with an evaluator, as HAQ uses the float accuracy; with a
+    reference: the objective value rewards are measured against (default: the float
+        model's accuracy with an evaluator that reports it (``float_metrics()``), as HAQ
+        uses, else the widest policy's; with a
         table, the loss of the widest uniform policy that keeps every budget).
     projection_penalty: the reward loses ``projection_penalty * intent lost / units``
         (squared width steps per unit the projection had to take away).  Without it,
@@ -273,6 +274,12 @@ class QuantEnv(gym.Env):
             if us.size:
                 self._group_min[:, g, :] = costs[:, :, us, :].min(axis=3).sum(axis=2).T
         self._group_min_any = self._group_min.min(axis=2)
+        # per activation choice, step and width index: cost of the rest with every weight
+        # unit from that step on at that width (the "fair share" of the budget left)
+        step_costs = np.zeros((na, self.n_budgets, self.n_steps, nw))
+        step_costs[:, :, weight_steps, :] = costs[:, :, self.step_index[weight_steps], :]
+        self._rest_at = np.zeros((na, self.n_budgets, self.n_steps + 1, nw))
+        self._rest_at[:, :, :-1, :] = np.cumsum(step_costs[:, :, ::-1, :], axis=2)[:, :, ::-1, :]
 
     def _build_features(self):
         space, problem = self.space, self.problem
@@ -402,6 +409,31 @@ class QuantEnv(gym.Env):
         out[16] = room
         out[17] = self._prev
         return out
+
+    def fair_position(self, g: int) -> float:
+        """The width position (in ``[0, 1]``) at which group ``g`` and every group after it
+        would spend exactly the budget left (the tightest budget; with the activation width
+        already chosen for ``g``).  Fractional positions mean a mix of two widths."""
+        if self.n_budgets == 0:
+            return 1.0
+        t = int(self.group_first_step[g])
+        curve = self._rest_at[self._a_idx[g], :, t, :]  # (nb, nw), rising with the width
+        left = self.limits - self._spent
+        nw = self.n_weight_choices
+        best = float(nw)
+        for b in range(self.n_budgets):
+            row = curve[b]
+            affordable = np.flatnonzero(row <= left[b])
+            if affordable.size == 0:
+                return 0.5 / nw
+            j = int(affordable[-1])
+            if j == nw - 1:
+                index = float(nw)
+            else:
+                step = row[j + 1] - row[j]
+                index = j + (left[b] - row[j]) / step if step > 0 else float(j)
+            best = min(best, index)
+        return float(min(max((best + 0.5) / nw, 0.0), 1.0))
 
     def unit_features(self, g: int) -> np.ndarray:
         """Static per-unit features of group ``g``'s weight units, ``(units, 15)``."""
@@ -642,9 +674,14 @@ class QuantEnv(gym.Env):
                     ref = float(self._score_uncached(cheapest)[self.objective])
                 self._reference = ref if ref > 0 else 1.0
             else:
-                widest = Policy.uniform(space, max(space.weight_bits),
-                                        None if space.act_bits is None else max(space.act_bits))
-                self._reference = float(self._score_uncached(widest)[self.objective])
+                float_metrics = getattr(self.problem.evaluator, "float_metrics", None)
+                metrics = float_metrics() if callable(float_metrics) else None
+                if metrics and self.objective in metrics:
+                    self._reference = float(metrics[self.objective])
+                else:
+                    widest = Policy.uniform(space, max(space.weight_bits),
+                                            None if space.act_bits is None else max(space.act_bits))
+                    self._reference = float(self._score_uncached(widest)[self.objective])
         return self._reference
 
     def reward_of(self, value: float, policy: Policy | None = None) -> float:
