@@ -57,7 +57,7 @@ DEFAULT_SENSITIVITY = "hessian"
 MIN_SEEDS = 3
 # record fields that depend on the machine, the clock or on what the cache already
 # held, not on the run itself: left out when results are compared across backends
-TIMING_FIELDS = ("seconds", "eval_seconds", "fresh_evaluations", "worker", "finished_at")
+TIMING_FIELDS = ("seconds", "eval_seconds", "fresh_evaluations", "setup_seconds", "worker", "finished_at")
 
 SUITE_FORMAT = """\
 suite format (TOML):
@@ -769,6 +769,7 @@ def execute_run(spec: Mapping[str, Any], run: Mapping[str, Any], callback_factor
     started = time.perf_counter()
     try:
         problem = _shared_problem(spec, run["budgets"], run.get("sensitivity"))
+        record["setup_seconds"] = round(time.perf_counter() - started, 4)
         searcher = registry.create(run["searcher"], **run["settings"])
         fresh0, eval_s0 = _counter(problem)
         callback = callback_factory(run) if callback_factory else None
@@ -1189,6 +1190,7 @@ def summarize(suite: Suite, runs: Sequence[dict]) -> list[dict]:
                 row["limit"] = limits[0]["limit"]
                 row["unit"] = limits[0]["unit"]
             row["seconds_mean"] = _mean([r["seconds"] for r in ok])
+            row["setup_seconds_max"] = max(r.get("setup_seconds", 0.0) for r in ok)
             row["evaluations_mean"] = _mean([r["evaluations"] for r in ok])
             row["fresh_evaluations_mean"] = _mean([r.get("fresh_evaluations", 0) for r in ok])
             row["budget_kept"] = all(r.get("budget_kept") for r in ok)
@@ -1269,14 +1271,7 @@ def render_report(results: Mapping[str, Any]) -> str:
                       f"of budget | search s | evaluations (fresh) | budget kept | best policy |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines.append(_report_row(row))
-    lines += ["", "Columns: the metric is the objective of the problem (top-1 accuracy on the task's test set "
-              "after quantization with the policy, or a sensitivity table's estimated loss increase); spread is the sample standard deviation over seeds and "
-              "the min – max range; regret is how far the searcher is behind the oracle (percentage points of accuracy; negative: ahead of it, possible for a searcher that changes the model, such as uniform-width); "
-              "cost is the cost the budget limits, recomputed from the policy; search seconds are wall time "
-              "of `search()`; evaluations count the policies a searcher asked to score, fresh ones those not "
-              "already scored in the same process (runs of one problem share an evaluation cache, so later "
-              "runs can be faster than they would be alone); best policy: the weight widths, layer by layer, "
-              "of the best run (@xM: a model at width multiplier M).", ""]
+    lines += ["", " ".join(REPORT_NOTES), ""]
     if any(r.get("status") == "failed" for r in runs):
         lines += ["## failures", ""]
         for r in runs:
@@ -1284,6 +1279,21 @@ def render_report(results: Mapping[str, Any]) -> str:
                 lines.append(f"- {r['label']} {r['budget_label']} seed {r['seed']}: {r.get('message', '')}")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+REPORT_NOTES = (
+    "Columns: the metric is the problem's objective (top-1 accuracy on the task's test set after",
+    "quantization with the policy, or a sensitivity table's estimated loss increase); spread is the",
+    "sample standard deviation over seeds and the min – max range; regret is how far the searcher is",
+    "behind the oracle (percentage points of accuracy; negative means ahead of it, which a searcher that",
+    "changes the model, such as uniform-width, can be); cost is the cost the budget limits, recomputed",
+    "from the policy; search seconds are the wall time of `search()`, mean over seeds (in brackets:",
+    "seconds spent first building the problem, when that run was the one to build it: training or",
+    "loading the model, estimating a sensitivity table); evaluations count the policies a searcher",
+    "asked to score, fresh ones those not already scored in the same process (runs of one problem",
+    "share an evaluation cache, so a run can be faster than it would be alone); best policy: the",
+    "weight widths, layer by layer, of the best run (@xM: a model at width multiplier M).",
+)
 
 
 def _report_row(row) -> str:
@@ -1308,8 +1318,11 @@ def _report_row(row) -> str:
     share = f"{100 * row['cost_mean'] / row['limit']:.1f}%" if row.get("limit") and row.get("cost_mean") else "–"
     kept = "yes" if row["budget_kept"] else f"**NO** ({row['budget_kept_runs']} of {row['ok']})"
     evals = f"{row['evaluations_mean']:.0f} ({row['fresh_evaluations_mean']:.0f})"
+    seconds = f"{row['seconds_mean']:.2f}"
+    if row.get("setup_seconds_max", 0.0) >= 0.5:
+        seconds += f" (+{row['setup_seconds_max']:.0f})"
     return (f"| {label} | {runs} | {mean} | {spread} | {regret} | {cost} | {share} | "
-            f"{row['seconds_mean']:.2f} | {evals} | {kept} | {row.get('best_policy', '')} |")
+            f"{seconds} | {evals} | {kept} | {row.get('best_policy', '')} |")
 
 
 def _cost_like(value: float, like: float | None, unit: str) -> str:
