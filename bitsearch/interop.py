@@ -303,7 +303,8 @@ def _classes_for_policy(policy: Policy) -> tuple[dict[str, str], dict[str, str]]
     name = str((policy.meta.get("model") or {}).get("name") or "")
     if not name:
         raise InteropError("NNCF scopes name the class of every module, so the model is needed, but the "
-                           "policy names no model (its 'model.name' is empty); pass the task")
+                           "policy names no model (its 'model.name' is empty); write it with --task "
+                           "(bitsearch search/import --task T) so that it names its model")
     from .tasks import get_task
     from .quant.modules import layer_kind
 

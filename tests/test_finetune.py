@@ -228,3 +228,37 @@ def test_lipschitz_regularizer_runs(run, tmp_path):
     assert res.final["top1"] > 0.5
     saved = torch.load(tmp_path / "l.pt", weights_only=True)
     assert saved["settings"]["lipschitz"] == 1e-4
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(run, tmp_path):
+    """A real kill: the command is SIGKILLed once its first checkpoint exists, then run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    task, policy, result, root = run
+    settings = ft.FinetuneSettings(epochs=6)
+    reference = ft.finetune(task, policy, settings, out=tmp_path / "reference.pt")
+    out = tmp_path / "killed.pt"
+    command = [sys.executable, "-m", "bitsearch.cli", "finetune", str(root / "policy.json"), "--task", TASK,
+               "--epochs", "6", "--out", str(out), "--json"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    checkpoint = tmp_path / "killed.pt.ckpt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not out.exists()
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert 1 <= summary["resumed_after_epoch"] < 6
+    assert summary["top1"] == reference.final["top1"]
+    a, b = torch.load(tmp_path / "reference.pt", weights_only=True), torch.load(out, weights_only=True)
+    for name in a["layers"]:
+        assert torch.equal(a["layers"][name]["values"], b["layers"][name]["values"])
+        assert torch.equal(a["layers"][name]["scales"], b["layers"][name]["scales"])
