@@ -95,10 +95,11 @@ class QuantMixin:
 
     def act_qparams(self) -> ActivationQParams | None:
         """The input quantizer at the current ``act_bits`` (None for float activations)."""
-        if self.act_bits is None:
+        act_bits = self.act_bits
+        if act_bits is None:
             return None
-        key = (self.act_bits, self.act_min._version, self.act_max._version,
-               self.act_min.data_ptr(), self.act_max.data_ptr())
+        low, high = self._buffers["act_min"], self._buffers["act_max"]
+        key = (act_bits, low._version, high._version, low.data_ptr(), high.data_ptr())
         if key != self._act_key:
             if not self.calibrated:
                 raise QuantizationError(
@@ -133,7 +134,7 @@ class QuantMixin:
     def _eval_weight(self, act_scale: float | None) -> torch.Tensor:
         """The cached fake-quantized weight, times ``act_scale`` when given (the input's
         scale folded into the weight: ``W (s q) = (s W) q``)."""
-        weight, bits = self.weight, self.weight_bits
+        weight, bits = self._parameters["weight"], self._buffers["weight_bits"]
         key = (weight._version, weight.data_ptr(), weight.dtype, bits._version, bits.data_ptr(), act_scale)
         if key != self._weight_key or self._weight_cache is None:
             with torch.no_grad():
@@ -162,13 +163,14 @@ class QuantMixin:
         if self.observing:
             self.observe(x)
             return x, self.quantized_weight()
-        if self.training or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+        if self.training or (torch.is_grad_enabled()
+                             and (x.requires_grad or self._parameters["weight"].requires_grad)):
             if self.act_bits is not None:
                 x = fake_quantize_activation(x, self.act_qparams())
             return x, self.quantized_weight()
-        if self.act_bits is None:
-            return x, self._eval_weight(None)
         qparams = self.act_qparams()
+        if qparams is None:
+            return x, self._eval_weight(None)
         q = x * self._act_inv_scale
         q.round_()
         q.clamp_(qparams.qmin, qparams.qmax)
