@@ -289,7 +289,7 @@ def task_problem(budgets, granularity="layer", task="digits-cnn", weight_bits=CH
     return Problem.build(space, budgets, evaluator=evaluator, task=task)
 
 
-FAST = {"epochs": 1, "train_samples": 512}
+FAST = {"epochs": 1, "train_samples": 256}
 
 
 class TestFracBitsConformance(SearcherConformance):
@@ -312,7 +312,7 @@ def test_no_run_ends_over_budget(budgets):
 
 def test_search_lands_at_the_budget():
     problem = task_problem(("size=3bit",), "layer")
-    result = FracBitsSearcher(epochs=2).search(problem, seed=0)
+    result = FracBitsSearcher(epochs=2, train_samples=512).search(problem, seed=0)
     ratio = result.costs["size"] / problem.budgets[0].limit
     assert 0.9 <= ratio <= 1.0
     relaxed = max(result.info["relaxed_cost_ratios"])
@@ -325,7 +325,7 @@ def test_search_lands_at_the_budget():
 
 def test_searched_activations_and_finetuning():
     problem = task_problem(("bops=4bit",), "layer", act_bits=(4, 8))
-    result = FracBitsSearcher(epochs=1, train_samples=512, finetune_epochs=1).search(problem, seed=0)
+    result = FracBitsSearcher(epochs=1, train_samples=256, finetune_epochs=1).search(problem, seed=0)
     assert problem.fits(result.policy)
     assert len(result.info["learned_act_bits"]) == len(problem.space.groups())
     assert 0.0 <= result.info["finetuned"]["top1"] <= 1.0
