@@ -11,8 +11,9 @@ Evaluation is fast: in eval mode, when no autograd graph is needed (``torch.no_g
 or weights that do not require grad), the fake-quantized weight is computed once -- with
 the input's activation scale folded in, ``W (s q) = (s W) q`` -- and reused until the
 weight, its widths, the activation range or the layer's mode change (the cache is keyed on
-the tensors' version counters; call :meth:`QuantMixin.invalidate_cache` after writing to
-``weight.data`` directly, which torch does not count).  The input then costs three cheap
+the tensors' version counters, and dropped when the layer leaves training mode; call
+:meth:`QuantMixin.invalidate_cache` after writing to ``weight.data`` directly in eval
+mode, which torch does not count).  The input then costs three cheap
 in-place passes (scale, round, clamp).  In training mode, or when gradients are needed, the
 weight and input are fake-quantized on every forward with straight-through estimators.
 """
@@ -120,8 +121,11 @@ class QuantMixin:
         self._act_key = None
 
     def train(self, mode: bool = True):
-        self._weight_cache = None
-        self._weight_key = None
+        if self.training and not mode:
+            # leaving training: weights may have been changed through ``.data``, which the
+            # version counters do not see
+            self._weight_cache = None
+            self._weight_key = None
         return super().train(mode)
 
     def quantized_weight(self) -> torch.Tensor:
