@@ -1,0 +1,55 @@
+"""Cost of a fracbits search epoch beside a float training epoch of the same model.
+
+Float epochs and one-epoch searches alternate (so both see the same machine load), on
+mnist1d-cnn, weights {2,3,4,8}, activations 8 bit, size=3bit, one thread; the ratio of
+the medians is recorded in benchmarks/results/fracbits_epoch_cost.json.  Target: <= 3.
+
+    nice python benchmarks/fracbits_epoch_cost.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from bitsearch.build import ProblemOptions, SpaceOptions, problem_for_task
+from bitsearch.solvers.fracbits import FracBitsSearcher
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fracbits_mnist1d import float_epoch_seconds  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "fracbits_epoch_cost.json"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = {"command": "nice python benchmarks/fracbits_epoch_cost.py " + " ".join(sys.argv[1:]),
+              "task": "mnist1d-cnn", "budget": "size=3bit", "threads": 1, "torch": torch.__version__}
+    for granularity in ("layer", "kernel"):
+        problem = problem_for_task("mnist1d-cnn", SpaceOptions(granularity=granularity, weight_bits=(2, 3, 4, 8),
+                                                               act_bits=(8,)), ProblemOptions(budgets=("size=3bit",)))
+        task = problem.evaluator.task
+        FracBitsSearcher(epochs=1, train_samples=256).search(problem)  # warm up (imports, first calls)
+        floats, searches = [], []
+        for r in range(args.rounds):
+            floats.append(float_epoch_seconds(task, repeats=1))
+            searches.append(FracBitsSearcher(epochs=1).search(problem, seed=r).info["epoch_seconds"][0])
+        ratio = statistics.median(searches) / statistics.median(floats)
+        result[granularity] = {"float_epoch_seconds": [round(t, 3) for t in floats],
+                               "search_epoch_seconds": [round(t, 3) for t in searches],
+                               "ratio_of_medians": round(ratio, 3)}
+        print(granularity, result[granularity], flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
