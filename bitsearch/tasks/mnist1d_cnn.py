@@ -28,14 +28,24 @@ SEQUENCE_LENGTH = 40
 RECIPE = TrainRecipe(epochs=40, lr=3e-3, batch_size=128, weight_decay=1e-4, optimizer="adamw", seed=0)
 
 
-def generator_settings() -> dict:
-    """The mnist1d generator's settings used here (its defaults, 10,000 samples)."""
-    from mnist1d.data import get_dataset_args
+# The generator's settings, spelled out (mnist1d's defaults of get_dataset_args(), except
+# num_samples) so that a change of its defaults cannot change the data unseen.  Reading them
+# from mnist1d would also import matplotlib, which takes seconds.
+SETTINGS = {"num_samples": NUM_SAMPLES, "train_split": 0.8, "template_len": 12, "padding": [36, 60],
+            "scale_coeff": 0.4, "max_translation": 48, "corr_noise_scale": 0.25, "iid_noise_scale": 2e-2,
+            "shear_scale": 0.75, "shuffle_seq": False, "final_seq_length": SEQUENCE_LENGTH, "seed": 42}
 
-    settings = dict(get_dataset_args(as_dict=True))
-    settings.pop("url", None)  # where get_dataset() would download from: not a data setting
-    settings["num_samples"] = NUM_SAMPLES
-    return settings
+
+def generator_settings() -> dict:
+    """The settings passed to mnist1d's generator, with the package's version (its
+    templates are part of the data)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("mnist1d")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {**SETTINGS, "padding": list(SETTINGS["padding"]), "mnist1d_version": version}
 
 
 def generate(settings: dict) -> dict[str, np.ndarray]:
@@ -44,7 +54,8 @@ def generate(settings: dict) -> dict[str, np.ndarray]:
 
     args = get_dataset_args()
     for key, value in settings.items():
-        setattr(args, key, value)
+        if key != "mnist1d_version":
+            setattr(args, key, value)
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         dataset = make_dataset(args)
