@@ -1034,7 +1034,7 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
     runs = plan_runs(suite, only)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "suite.json", dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-                                                  "suite": suite.to_dict(), "command": command}))
+                                                  "suite": suite.to_dict()}))
     if resume:
         journal.repair()
     recorded = journal.latest()
@@ -1075,14 +1075,47 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
         if bar is not None:
             bar.close()
         clear_problem_cache()
-    results = collect_results(suite, reported, Journal(journal_path).latest(), command=command)
+    commands = _previous_commands(out)
+    if command and (ran or not commands):
+        commands.append(command)
+    results = render_outputs(suite, out, reported, commands, plots=plots)
+    skipped = sum(1 for r in results["runs"] if r.get("status") == "skipped")
+    return BenchOutcome(out, len(runs), resumed, ran, failed, skipped, results)
+
+
+def _previous_commands(out: Path) -> list[str]:
+    try:
+        data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        return list(data.get("commands") or ([data["command"]] if data.get("command") else []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def render_outputs(suite: Suite, out: Path, reported: Sequence[dict], commands: Sequence[str], *,
+                   plots: bool = True) -> dict:
+    """results.json, report.md and the plots of ``reported`` runs, from the journal in ``out``."""
+    results = collect_results(suite, reported, Journal(out / JOURNAL_NAME).latest(), commands=commands)
     atomic_write_text(out / "results.json", dumps(results))
     atomic_write_text(out / "report.md", render_report(results))
     if plots:
         plot_pareto(results, out / "pareto.png")
         plot_curves(results, out / "curves.png")
-    skipped = sum(1 for r in results["runs"] if r.get("status") == "skipped")
-    return BenchOutcome(out, len(runs), resumed, ran, failed, skipped, results)
+    return results
+
+
+def rerender(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, only: Iterable[str] | None = None,
+             plots: bool = True) -> dict:
+    """Render a bench's outputs again from its journal, running nothing (after the report
+    code changed, say); the recorded commands are kept."""
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    out = Path(out)
+    recorded = Journal(out / JOURNAL_NAME).latest()
+    if not recorded:
+        raise UserInputError(f"{out}: no journal ({JOURNAL_NAME}) to render")
+    selected = {r["key"] for r in plan_runs(suite, only, check=False)}
+    reported = [r for r in plan_runs(suite, check=False) if r["key"] in selected and r["key"] in recorded]
+    return render_outputs(suite, out, reported, _previous_commands(out), plots=plots)
 
 
 def prewarm(suite: Suite, *, progress: bool = False) -> None:
@@ -1116,7 +1149,7 @@ def _slug(text: str) -> str:
 # results and the report
 # ==========================================================================================
 def collect_results(suite: Suite, runs: Sequence[dict], records: Mapping[str, dict], *,
-                    command: str | None = None) -> dict:
+                    commands: Sequence[str] = ()) -> dict:
     """The runs of the plan with their journal records (display fields from the plan)."""
     merged = []
     for run in runs:
@@ -1129,7 +1162,7 @@ def collect_results(suite: Suite, runs: Sequence[dict], records: Mapping[str, di
         merged.append(row)
     summary = summarize(suite, merged)
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "bitsearch_version": __version__,
-            "suite": suite.to_dict(), "command": command, "axis_cost": suite.axis_cost,
+            "suite": suite.to_dict(), "commands": list(commands), "axis_cost": suite.axis_cost,
             "runs": merged, "summary": summary}
 
 
@@ -1236,7 +1269,9 @@ def render_report(results: Mapping[str, Any]) -> str:
     lines = [f"# bench: {suite['name']}", ""]
     if suite.get("description"):
         lines += [suite["description"].strip(), ""]
-    lines.append(f"- suite: `{suite['path']}`" + (f"; command: `{results['command']}`" if results.get("command") else ""))
+    commands = results.get("commands") or []
+    lines.append(f"- suite: `{suite['path']}`" + (("; command: " if len(commands) == 1 else "; commands: ")
+                                                  + ", then ".join(f"`{c}`" for c in commands) if commands else ""))
     for v in suite["variants"]:
         lines.append(f"- problem: {v['description']}")
     objectives = {r.get("objective") for r in runs if r.get("status") == "ok"}
@@ -1325,19 +1360,23 @@ def _report_row(row) -> str:
             f"{seconds} | {evals} | {kept} | {row.get('best_policy', '')} |")
 
 
+_COST_SCALES = {  # the steps of budget.format_cost, largest first: (suffix, unit per suffix)
+    "bit": (("GB", 8e9), ("MB", 8e6), ("KB", 8e3)),
+    "BOPs": (("TBOPs", 1e12), ("GBOPs", 1e9), ("MBOPs", 1e6), ("KBOPs", 1e3)),
+    "pJ": (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)),
+}
+
+
 def _cost_like(value: float, like: float | None, unit: str) -> str:
-    """``value`` in the same scale as ``format_cost(like)`` (so a column reads evenly)."""
+    """``value`` in the scale ``format_cost`` picks for ``like`` (so a column reads evenly)."""
     from .budget import format_cost
 
-    if like is None:
+    if like is None or unit not in _COST_SCALES:
         return format_cost(value, unit)
-    shown = format_cost(like, unit)
-    number, _, suffix = shown.partition(" ")
-    try:
-        scale = like / float(number)
-    except (ValueError, ZeroDivisionError):
-        return format_cost(value, unit)
-    return f"{value / scale:.4g} {suffix}"
+    for suffix, scale in _COST_SCALES[unit]:
+        if like >= scale:
+            return f"{value / scale:.4g} {suffix}"
+    return f"{value:.6g} {unit}"
 
 
 def _md(text: str) -> str:
@@ -1600,14 +1639,30 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bitsearch.bench",
-                                     description="Render a finished bench's main table as Markdown.")
+                                     description="Render a finished bench's main table as Markdown, or its "
+                                                 "report again.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("table", help="the searchers x budgets table of DIR/results.json")
     p.add_argument("directory", help="a bench output directory (or its results.json)")
     p.add_argument("--readme", metavar="FILE", help="replace the block <!-- bench-table:NAME --> ... "
                                                     "<!-- /bench-table:NAME --> in FILE instead of printing")
     p.add_argument("--name", help="the block's NAME (default: the suite's name)")
+    r = sub.add_parser("report", help="render DIR's results.json, report.md and plots again from its journal "
+                                      "(runs nothing)")
+    r.add_argument("suite", help="the suite file the bench ran")
+    r.add_argument("directory", help="the bench output directory")
+    r.add_argument("--only", action="append", metavar="SEARCHER", help="as for bitsearch bench")
+    r.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        try:
+            rerender(args.suite, args.directory, only=args.only, plots=not args.no_plots)
+        except UserInputError as exc:
+            print(f"bitsearch.bench: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.directory}/results.json, report.md" + ("" if args.no_plots else ", pareto.png, curves.png"),
+              file=sys.stderr)
+        return 0
     try:
         results = load_results(args.directory)
         table = render_table(results)
