@@ -7,7 +7,8 @@
 For every built-in trainable task, the trained float model and its fake-quantized copy
 (:func:`bitsearch.quant.apply_policy`, calibrated on the task's calibration inputs) run
 the same test set in the same batches (1,024, as ``evaluate_model``) under
-``torch.no_grad()`` in eval mode -- what the Evaluator does for every policy.  Two
+``torch.no_grad()`` in eval mode -- what the Evaluator does for every policy.
+Run it with ``BITSEARCH_CACHE`` unset (or pointing at a cache) so tasks train once.  Two
 policies: uniform 4-bit weights / 8-bit activations, and a per-kernel mix of 2..8-bit
 weights (seeded).  Shape-only ResNet-18 (random weights) runs one small batch at 224x224.
 
@@ -149,6 +150,10 @@ def resnet_row(batch: int, repeats: int) -> dict:
     return row
 
 
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def to_markdown(report: dict) -> str:
     lines = ["# Fake-quantized vs float evaluation", "",
              f"Command: `{report['command']}`", "",
@@ -162,13 +167,15 @@ def to_markdown(report: dict) -> str:
     for row in report["results"]:
         lines.append(f"| {row['case']} | {row['policy']} | {row['samples']} | {row['float_ms']:.3f} | "
                      f"{row['quant_ms']:.3f} | {row['ratio']:.2f} | {row['ratio_of_min']:.2f} | "
-                     f"{row.get('evaluate_model_ratio', float('nan')):.2f} | {row['grad_path_ratio']:.2f} | "
+                     f"{_fmt(row.get('evaluate_model_ratio'))} | {row['grad_path_ratio']:.2f} | "
                      f"{'yes' if row['meets_target'] else 'no'} |")
-    lines += ["", "One fresh `Evaluator.evaluate` (copy, calibration on the calibration inputs, the whole test set):", ""]
+    lines += ["", "The first `evaluate` of a fresh Evaluator (quantized copy, calibration on the calibration "
+              "inputs, the whole test set):", ""]
     for row in report["results"]:
         if "evaluator_evaluate_ms" in row:
             lines.append(f"- {row['case']}, {row['policy']}: {row['evaluator_evaluate_ms']:.1f} ms "
-                         f"(calibration {row['calibration_ms']:.1f} ms, first forward {row['first_forward_ms']:.1f} ms)")
+                         f"(calibration {row['calibration_ms']:.1f} ms, "
+                         f"first forward {row['first_forward_ms']:.1f} ms)")
     return "\n".join(lines) + "\n"
 
 

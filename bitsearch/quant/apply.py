@@ -91,7 +91,9 @@ def set_policy(qmodel: nn.Module, policy: Policy | Mapping, *, space=None) -> nn
     ``(weight_bits, act_bits)``.  Layers it does not name keep their widths.  Activation
     ranges stay as calibrated (calibrate again if the new weight widths should be seen).
     """
-    if space is not None and isinstance(policy, Policy):
+    if space is not None:
+        if not isinstance(policy, Policy):
+            policy = Policy(tuple(_policy_bits(policy).items()), space.granularity)
         policy = validate_policy(policy, space)
     bits = _policy_bits(policy)
     layers = quant_modules(qmodel)
@@ -114,7 +116,9 @@ def apply_policy(model: nn.Module, policy: Policy | Mapping, *, space=None, cali
     ranges are calibrated on it.  Without it, layers with quantized activations must be
     calibrated with :func:`calibrate` before use.
     """
-    if space is not None and isinstance(policy, Policy):
+    if space is not None:
+        if not isinstance(policy, Policy):
+            policy = Policy(tuple(_policy_bits(policy).items()), space.granularity)
         policy = validate_policy(policy, space)
     bits = _policy_bits(policy)
     _check_against_model(bits, quantizable_layers(model))
