@@ -521,6 +521,10 @@ def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = 
             raise UserInputError(f"{suite.path}: searcher {entry.label!r}: bad settings: {exc}") from None
     runs = []
     for vi, variant in enumerate(suite.variants):
+        try:
+            model = model_key(variant)
+        except UserInputError as exc:
+            raise UserInputError(f"{suite.path}: {exc}") from None
         for bi, budgets in enumerate(suite.budgets):
             for entry in selected:
                 seeds = suite.seeds[:1] if entry.deterministic else suite.seeds
@@ -528,15 +532,33 @@ def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = 
                 scoring = dict(suite.scoring.key_dict(), sensitivity=sensitivity)
                 for seed in seeds:
                     key = stable_key(entry.name, dict(entry.settings), list(budgets), seed, variant.to_dict(),
-                                     scoring)
+                                     scoring, model)
                     runs.append({
                         "key": key, "variant": variant.label, "variant_index": vi, "budgets": list(budgets),
                         "budget_label": budget_label(budgets), "budget_index": bi, "label": entry.label,
                         "searcher": entry.name, "settings": dict(entry.settings), "seed": seed,
                         "deterministic": bool(entry.deterministic), "oracle": entry.oracle,
-                        "sensitivity": sensitivity,
+                        "sensitivity": sensitivity, "model_key": model,
                     })
     return runs
+
+
+_MODEL_KEYS: dict[tuple, str | None] = {}
+
+
+def model_key(variant: Variant) -> str | None:
+    """What names the trained model a variant's runs score with: the task's weights key
+    (its recipe, data, architecture...), or a problem file's digest.  Part of every run
+    key, so that a changed recipe means new runs, never results of two models mixed by
+    a ``--resume``.  (A problem factory's model is the factory's business.)"""
+    if variant.source_kind != "task":
+        return variant.digest
+    cache = (variant.source, variant.width_mult)
+    if cache not in _MODEL_KEYS:
+        from .tasks import get_task
+
+        _MODEL_KEYS[cache] = get_task(variant.source).cache_key(variant.width_mult)
+    return _MODEL_KEYS[cache]
 
 
 def _problem_spec(suite: Suite, variant: Variant, progress: bool = False) -> dict:
@@ -764,6 +786,7 @@ def execute_run(spec: Mapping[str, Any], run: Mapping[str, Any], callback_factor
     record = {"key": run["key"], "searcher": run["searcher"], "label": run["label"],
               "settings": run["settings"], "seed": run["seed"], "deterministic": run["deterministic"],
               "oracle": run["oracle"], "variant": run["variant"], "budgets": run["budgets"],
+              "model_key": run.get("model_key"),
               "budget_label": run["budget_label"], "bitsearch_version": __version__,
               "worker": f"{socket.gethostname()}:{os.getpid()}"}
     started = time.perf_counter()
