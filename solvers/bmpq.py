@@ -1,0 +1,218 @@
+"""``bmpq``: quantization-aware training that re-chooses the widths as it goes (BMPQ).
+
+BMPQ (Kundu et al., 2021) trains a quantized network while bit-gradients measure how
+much each layer needs its bits, and re-solves an ILP under the hardware budget every few
+epochs.  Here, on a task's trained float model:
+
+1. an initial table from the bit-gradient estimator (``bitsearch.sensitivity``, method
+   ``bitgrad``) on the float model, and the ILP's policy under every budget;
+2. quantization-aware training (straight-through estimators, the task's data, AdamW at
+   ``lr``) of the model fake-quantized at that policy.  At every step, for every layer
+   (per kernel at kernel granularity) and every integer width ``c`` of the range, the
+   *bit-gradient* ``g(c) = dL/dWq . (Q_{c+1}(W) - Q_c(W))`` -- the derivative of the
+   loss with respect to a relaxed width, first order around the current quantized
+   weights, from the gradient the step computes anyway -- is accumulated as a running
+   mean of ``|g(c)|``;
+3. every ``resolve_every`` epochs the accumulated magnitudes become the table
+   ``Omega(b) = sum_{b <= c < B} mean |g(c)|`` (``B`` the widest width) and the ILP is
+   solved again (same solver settings as ``ilp``); the model switches to the new widths,
+   its activation ranges are recalibrated, and training goes on;
+4. the last policy and the fine-tuned weights are the result.
+
+The policy's metrics come from the problem's evaluator (post-training quantization of
+the original float model, as for every searcher, so results compare); the fine-tuned
+model's own test metrics are in ``result.info["finetuned"]`` and its weights in
+``result.info["state_dict"]`` (and in ``weights_out`` when that setting names a file).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bitsearch.errors import SearcherSettingsError
+from bitsearch.search import BaseSearcher, SearchRun
+
+from .ilp import solve as solve_ilp
+
+
+class BMPQSearcher(BaseSearcher):
+    """Quantization-aware training with bit-gradient sensitivities and an ILP re-solved
+    every ``resolve_every`` epochs (BMPQ).
+
+    Settings: ``epochs`` (QAT epochs), ``resolve_every`` (epochs between ILP solves),
+    ``lr`` (default: a tenth of the task's learning rate), ``batch_size`` (default: the
+    task's), ``steps_per_epoch`` (cap; None: the whole training set), ``samples``
+    (training samples for the initial bit-gradient table), ``solver``, ``time_limit``,
+    ``mip_gap``, ``method`` (passed to the ILP), ``weights_out`` (a file for the
+    fine-tuned state dict, written atomically).
+    """
+
+    name = "bmpq"
+    needs = "evaluator"
+    deterministic = False
+    description = "quantization-aware training with bit-gradient sensitivities; ILP re-solved every k epochs (BMPQ)"
+    defaults = {"epochs": 4, "resolve_every": 1, "lr": None, "batch_size": None, "steps_per_epoch": None,
+                "samples": 512, "solver": "highs", "time_limit": None, "mip_gap": None, "method": "auto",
+                "weights_out": None}
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        s = self.settings
+        for key in ("epochs", "resolve_every", "samples"):
+            if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < (0 if key == "epochs" else 1):
+                raise SearcherSettingsError(f"bmpq: {key} must be a positive integer (got {s[key]!r})")
+        if s["lr"] is not None and not (isinstance(s["lr"], (int, float)) and s["lr"] > 0):
+            raise SearcherSettingsError(f"bmpq: lr must be a positive number (got {s['lr']!r})")
+        for key in ("batch_size", "steps_per_epoch"):
+            if s[key] is not None and (not isinstance(s[key], int) or s[key] < 1):
+                raise SearcherSettingsError(f"bmpq: {key} must be a positive integer or None (got {s[key]!r})")
+        from .ilp import METHODS, SOLVERS
+
+        if str(s["solver"]).lower() not in SOLVERS:
+            raise SearcherSettingsError(f"bmpq: unknown solver {s['solver']!r}; known solvers: {', '.join(SOLVERS)}")
+        if s["method"] not in METHODS:
+            raise SearcherSettingsError(f"bmpq: unknown method {s['method']!r}; methods: {', '.join(METHODS)}")
+
+    def _ilp(self, problem, table):
+        from dataclasses import replace
+
+        s = self.settings
+        solution = solve_ilp(replace(problem, sensitivity=table), method=s["method"], solver=str(s["solver"]).lower(),
+                             time_limit=s["time_limit"], mip_gap=s["mip_gap"])
+        return solution
+
+    def _search(self, problem, run: SearchRun):
+        import torch
+
+        from bitsearch.quant import apply_policy, calibrate, quant_modules, set_policy
+        from bitsearch.sensitivity.estimators import bitgrad_table, sample_batches
+        from bitsearch.sensitivity.table import SensitivityTable
+
+        s = self.settings
+        evaluator = problem.evaluator
+        task, space = evaluator.task, problem.space
+        data, calibration = evaluator.data, evaluator.calibration
+        float_model = evaluator.model
+        recipe = task.recipe
+        lr = float(s["lr"]) if s["lr"] is not None else recipe.lr / 10.0
+        batch_size = int(s["batch_size"] or recipe.batch_size)
+        low, high = min(space.weight_bits), max(space.weight_bits)
+        grid = list(range(low, high + 1))
+        columns = [grid.index(b) for b in space.weight_bits]
+        names = [layer.name for layer in space.layers if not space.is_pinned(layer.name)]
+        kernels = {layer.name: layer.kernels for layer in space.layers}
+        history = []
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(run.seed)
+            generator = torch.Generator().manual_seed(run.seed)
+            # 1. the initial table and policy
+            batches = sample_batches(data.x_train, data.y_train, int(s["samples"]), batch_size, run.seed)
+            table = SensitivityTable(space.weight_bits, bitgrad_table(float_model, space, batches),
+                                     space.act_bits if space.act_searched else (),
+                                     self._act_table(float_model, space, batches, calibration), method="bitgrad")
+            solution = self._ilp(problem, table)
+            policy = solution.policy
+            history.append({"epoch": 0, "policy_key": policy.key, "objective": solution.info.get("objective")})
+            if not run.emit("progress", step=0, total=int(s["epochs"]), message="initial policy"):
+                run.evaluate(policy, step=0, total=int(s["epochs"]))
+                run.info.update({"history": history, "epochs_run": 0})
+                return policy
+            # 2. quantization-aware training
+            qmodel = apply_policy(float_model, policy, calibration=calibration)
+            layers = quant_modules(qmodel)
+            params = [p for p in qmodel.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+            sums = {n: np.zeros((kernels[n], len(grid) - 1)) for n in names}
+            steps_seen = 0
+            n = len(data.x_train)
+            epochs_run = 0
+            for epoch in range(1, int(s["epochs"]) + 1):
+                qmodel.train()
+                order = torch.randperm(n, generator=generator)
+                starts = list(range(0, n, batch_size))
+                if s["steps_per_epoch"]:
+                    starts = starts[:int(s["steps_per_epoch"])]
+                for start in starts:
+                    index = order[start:start + batch_size]
+                    if len(index) < 2:
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = torch.nn.functional.cross_entropy(qmodel(data.x_train[index]), data.y_train[index])
+                    loss.backward()
+                    self._accumulate(layers, names, grid, sums)
+                    steps_seen += 1
+                    optimizer.step()
+                epochs_run = epoch
+                qmodel.eval()
+                # 3. re-solve every k epochs (not after the last: the last policy gets trained)
+                if epoch % int(s["resolve_every"]) == 0 and epoch < int(s["epochs"]) and steps_seen:
+                    weight = {}
+                    for name in names:
+                        saved = sums[name] / steps_seen
+                        to_top = np.concatenate([np.cumsum(saved[:, ::-1], axis=1)[:, ::-1],
+                                                 np.zeros((kernels[name], 1))], axis=1)[:, columns]
+                        weight[name] = to_top if space.granularity == "kernel" else to_top.sum(axis=0, keepdims=True)
+                    table = SensitivityTable(space.weight_bits, weight, table.act_bits, table.act, method="bmpq")
+                    solution = self._ilp(problem, table)
+                    if solution.policy != policy:
+                        policy = solution.policy
+                        set_policy(qmodel, policy)
+                        calibrate(qmodel, calibration)
+                    history.append({"epoch": epoch, "policy_key": policy.key,
+                                    "objective": solution.info.get("objective")})
+                    for name in names:
+                        sums[name][:] = 0.0
+                    steps_seen = 0
+                if not run.emit("progress", step=epoch, total=int(s["epochs"]), message=f"epoch {epoch}",
+                                loss=float(loss.detach()) if starts else math.nan):
+                    break
+            qmodel.eval()
+        # 4. the result
+        from bitsearch.tasks import evaluate_model
+
+        calibrate(qmodel, calibration)
+        finetuned = evaluate_model(qmodel, data.x_test, data.y_test)
+        state = {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()}
+        if s["weights_out"]:
+            from bitsearch.tasks.cache import atomic_write
+
+            atomic_write(s["weights_out"], lambda handle: torch.save({"state_dict": state,
+                                                                      "policy": policy.to_dict()}, handle))
+        run.info.update({"history": history, "epochs_run": epochs_run, "finetuned": finetuned,
+                         "state_dict": state, "ilp": solution.info})
+        run.evaluate(policy, step=epochs_run, total=int(s["epochs"]))
+        return policy
+
+    @staticmethod
+    def _act_table(model, space, batches, calibration):
+        if not space.act_searched:
+            return {}
+        from bitsearch.sensitivity.estimators import activation_table
+
+        return activation_table(model, space, batches, calibration)
+
+    @staticmethod
+    def _accumulate(layers, names, grid, sums) -> None:
+        """Add ``|dL/dWq . (Q_{c+1}(W) - Q_c(W))|`` per kernel and integer width ``c``."""
+        import torch
+
+        from bitsearch.quant import fake_quantize_weight
+
+        with torch.no_grad():
+            for name in names:
+                module = layers[name]
+                grad = module.weight.grad
+                if grad is None:
+                    continue
+                w = module.weight.detach()
+                k = w.shape[0]
+                previous = fake_quantize_weight(w, grid[0])
+                g = grad.reshape(k, -1)
+                for j, c in enumerate(grid[1:]):
+                    current = fake_quantize_weight(w, c)
+                    step = (current - previous).reshape(k, -1)
+                    sums[name][:, j] += (g * step).sum(dim=1).abs().double().numpy()
+                    previous = current
