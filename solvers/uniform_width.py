@@ -48,6 +48,8 @@ class UniformWidthSearcher(BaseSearcher):
                 policy = Policy.uniform(sub.space, w, a)
                 if sub.fits(policy):
                     run.evaluate(policy, step=step, total=total, problem=sub)
+                    if run.stopped:
+                        break  # one evaluated policy is enough to return
             if run.stopped and run.best is not None:
                 break
         if run.best is None:

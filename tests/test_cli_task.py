@@ -1,0 +1,101 @@
+"""End to end on a built-in task: search -> policy file -> eval, and the errors users meet."""
+
+import json
+
+import jsonschema
+import pytest
+
+from bitsearch.cli import main
+from bitsearch.policy import schema_path
+
+from conformance import SearcherConformance
+
+TASK = "semicircles-mlp"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(code, err, *needles):
+    assert code == 2, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "p.json"
+    code = main(["search", "--task", TASK, "--searcher", "uniform", "--budget", "size=4bit", "--out", str(path)])
+    assert code == 0
+    return path
+
+
+def test_search_then_eval_agree(searched, capsys):
+    data = json.loads(searched.read_text())
+    jsonschema.validate(data, json.loads(schema_path().read_text()))
+    code, out, _ = run(capsys, "eval", str(searched), "--task", TASK, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["costs"] == data["costs"]
+    assert report["metrics"]["top1"] == pytest.approx(data["metrics"]["top1"])
+
+
+def _edit(searched, tmp_path, change):
+    data = json.loads(searched.read_text())
+    change(data["layers"])
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_policy_errors(searched, tmp_path, capsys):
+    first = next(iter(json.loads(searched.read_text())["layers"]))
+    cases = [
+        (lambda layers: layers.update(ghost={"weight_bits": 4, "act_bits": 8}), "unknown layer 'ghost'"),
+        (lambda layers: layers[first].update(weight_bits=11), "not among the choices"),
+        (lambda layers: layers[first].update(weight_bits=[4, 4, 4]), "per-kernel widths"),
+    ]
+    for change, needle in cases:
+        code, _, err = run(capsys, "eval", _edit(searched, tmp_path, change), "--task", TASK)
+        one_line(code, err, needle)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "bitsearch-policy", ')
+    code, _, err = run(capsys, "eval", str(bad), "--task", TASK)
+    one_line(code, err, "not valid JSON")
+
+
+def test_task_and_budget_errors(tmp_path, capsys):
+    out = tmp_path / "never.json"
+    code, _, err = run(capsys, "search", "--task", "imagenet-vit", "--searcher", "uniform", "--budget", "size=4bit",
+                       "--out", str(out))
+    one_line(code, err, "imagenet-vit")
+    code, _, err = run(capsys, "search", "--task", TASK, "--searcher", "uniform", "--budget", "size=1.2bit",
+                       "--out", str(out))
+    one_line(code, err, "cheapest")
+    assert not out.exists()
+
+
+class TestUniformWidth(SearcherConformance):
+    searcher = "uniform-width"
+    settings = {"width_mults": (0.5, 1.0)}
+    granularities = ("layer",)
+
+    def make_problem(self, budgets, granularity):
+        from bitsearch.build import ProblemOptions, SpaceOptions, problem_for_task
+
+        return problem_for_task(TASK, SpaceOptions(granularity=granularity, weight_bits=(2, 3, 4, 8)),
+                                ProblemOptions(budgets=tuple(budgets)))
+
+    def space_of(self, result, problem):
+        mult = result.policy.meta["model"].get("width_mult", 1.0)
+        return problem.space if mult == 1.0 else problem.at_width(mult).space
+
+    def test_policy_names_its_width(self):
+        result = self.run(self.make_problem(("size=3bit",), "layer"))
+        model = result.policy.meta["model"]
+        assert model.get("width_mult", 1.0) in (0.5, 1.0)
