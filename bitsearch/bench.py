@@ -1238,6 +1238,9 @@ def summarize(suite: Suite, runs: Sequence[dict]) -> list[dict]:
             row["metric_min"] = min(values) if values else None
             row["metric_max"] = max(values) if values else None
             row["metrics"] = values
+            kinds = sorted({str(r["metrics"]["metric_kind"]) for r in ok if (r.get("metrics") or {}).get("metric_kind")})
+            if kinds:
+                row["metric_kind"] = ", ".join(kinds)
             costs = [r["costs"].get(axis) for r in ok if r.get("costs", {}).get(axis) is not None]
             row["cost_axis"] = axis
             row["cost_mean"] = _mean(costs)
@@ -1314,6 +1317,9 @@ def render_report(results: Mapping[str, Any]) -> str:
                  + f"; bitsearch {results['bitsearch_version']}")
     lines.append("")
     multi_variant = len(suite["variants"]) > 1
+    kinds = [r.get("metric_kind") for r in rows if r.get("metric_kind")]
+    usual = max(set(kinds), key=kinds.count) if kinds else None
+    marked = sorted({(r["label"], r["metric_kind"]) for r in rows if r.get("metric_kind") not in (None, usual)})
     current = None
     for row in rows:
         if (row["variant"], row["budget"]) != current:
@@ -1328,8 +1334,11 @@ def render_report(results: Mapping[str, Any]) -> str:
                       f"| searcher | runs | {objective} mean ± std | min – max | regret to oracle | {axis} | "
                       f"of budget | search s | evaluations (fresh) | budget kept | best policy |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines.append(_report_row(row))
+        lines.append(_report_row(row, marked={label for label, _ in marked}))
     lines += ["", " ".join(REPORT_NOTES), ""]
+    for label, kind in marked:
+        lines += [f"† `{label}` reports its metric as `{kind}` (its own training, e.g. the fine-tuned weights "
+                  f"it returns), not as `{usual}` like the others.", ""]
     if any(r.get("status") == "failed" for r in runs):
         lines += ["## failures", ""]
         for r in runs:
@@ -1354,10 +1363,8 @@ REPORT_NOTES = (
 )
 
 
-def _report_row(row) -> str:
-    from .budget import format_cost
-
-    label = f"`{row['label']}`" + (" (oracle)" if row.get("oracle") else "")
+def _report_row(row, marked=frozenset()) -> str:
+    label = f"`{row['label']}`" + (" (oracle)" if row.get("oracle") else "") + (" †" if row["label"] in marked else "")
     if not row["ok"]:
         why = row.get("message") or ("not run yet" if row.get("missing") else "")
         status = "skipped" if row["skipped"] else ("failed" if row["failed"] else "missing")
@@ -1425,6 +1432,8 @@ def render_table(results: Mapping[str, Any]) -> str:
             if r["label"] not in labels:
                 labels.append(r["label"])
         objective = next((r.get("objective") for r in vrows if r.get("objective")), "metric")
+        kinds = [r.get("metric_kind") for r in vrows if r.get("metric_kind")]
+        usual = max(set(kinds), key=kinds.count) if kinds else None
         has_oracle = any("regret_mean" in r for r in vrows)
         if len(variants) > 1:
             out += [f"**{variant}**", ""]
@@ -1446,6 +1455,9 @@ def render_table(results: Mapping[str, Any]) -> str:
                     text += " **over budget**"
                 cells.append(text)
             name = f"`{label}`" + (" (oracle)" if any(r["label"] == label and r.get("oracle") for r in vrows) else "")
+            kind = next((r.get("metric_kind") for r in vrows if r["label"] == label and r.get("metric_kind")), None)
+            if kind and kind != usual:
+                name += f" ({kind})"
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("")
     seeds = ", ".join(map(str, suite["seeds"]))
