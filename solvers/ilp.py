@@ -396,7 +396,10 @@ def _make_solver(name: str, *, time_limit, mip_gap, threads, verbose):
             warnings.simplefilter("ignore", DeprecationWarning)
             return pulp.PULP_CBC_CMD(msg=bool(verbose), timeLimit=time_limit, gapRel=mip_gap,
                                      gapAbs=0.0 if mip_gap == 0 else None, threads=threads,
-                                     options=["randomSeed 1", "randomCbcSeed 1"])
+                                     options=["randomSeed 1", "randomCbcSeed 1",
+                                              # CBC ignores improvements below its cutoff increment
+                                              # (1e-5 by default, absolute): too coarse for exact answers
+                                              "increment 1e-12"])
     raise SearcherSettingsError(f"ilp: unknown solver {name!r}; known solvers: {', '.join(SOLVERS)}")
 
 
@@ -471,7 +474,7 @@ class ILPSearcher(BaseSearcher):
     deterministic = True
     description = "exact ILP over a sensitivity table (HAWQ-V3 style): knapsack path, or PuLP with HiGHS/CBC"
     defaults = {"method": "auto", "solver": "highs", "time_limit": None, "mip_gap": None,
-                "mckp_gap": 1e-4, "mckp_nodes": 20_000, "threads": None, "verbose": False}
+                "mckp_gap": 1e-4, "mckp_nodes": 100_000, "threads": None, "verbose": False}
 
     def __init__(self, **settings):
         super().__init__(**settings)
@@ -500,7 +503,7 @@ class ILPSearcher(BaseSearcher):
 
 
 def solve(problem, *, method="auto", solver="highs", time_limit=None, mip_gap=None, mckp_gap=1e-4,
-          mckp_nodes=20_000, threads=None, verbose=False, quick=False) -> ILPSolution:
+          mckp_nodes=100_000, threads=None, verbose=False, quick=False) -> ILPSolution:
     """Solve the ILP of ``problem`` (which needs a sensitivity table); see :class:`ILPSearcher`.
 
     ``quick``: the caller asked to stop: give the MIP at most one second.

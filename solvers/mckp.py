@@ -80,7 +80,7 @@ def _relative(gap_abs: float, objective: float) -> float:
     return max(0.0, gap_abs) / max(abs(objective), 1e-300)
 
 
-def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: int = 200_000,
+def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: int = 100_000,
                allowed=None, local_rounds: int = 100, max_dp_cells: int = 30_000_000) -> MCKPSolution:
     """Minimise ``sum_i values[i, x_i]`` subject to ``sum_i costs[i, x_i] <= capacity``.
 
@@ -526,7 +526,7 @@ def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, t
         frame = stack[-1]
         u, t, rho, d_cost, d_value = frame
         child = None
-        while u < k:
+        while u < k and nodes <= max_nodes:
             if rho + mindev[u] >= limit:
                 u = k  # units are sorted by their smallest deviation: none further fits
                 break
@@ -538,6 +538,7 @@ def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, t
                     break
                 c = d_cost + dcs[t]
                 t += 1
+                nodes += 1  # a node: one candidate set examined (kept or pruned)
                 if base_cost + c + neg_suffix[u + 1] > capacity:
                     continue
                 slack_lb = capacity - (base_cost + c + pos_suffix[u + 1])
@@ -551,15 +552,14 @@ def _branch_and_bound(C, V, reduced, survive, capacity, lam, *, target, delta, t
                 break
             u, t = u + 1, 0
         frame[0], frame[1] = u, t
+        if nodes > max_nodes:
+            complete = False
+            break
         if child is None:
             stack.pop()
             if path:
                 path.pop()
             continue
-        nodes += 1
-        if nodes > max_nodes:
-            complete = False
-            break
         cu, ct, r, c, v = child
         path.append((cu, ct))
         stack.append([cu + 1, 0, r, c, v])

@@ -166,16 +166,18 @@ def test_exact_against_enumeration(case):
                                  pinned=pinned, budgets=budgets, latency=latency)
         assert problem.space.num_policies() <= 6_000
         best = enumerate_best(problem)
-        for method in ("auto", "mip"):
+        for method, solver in (("auto", "highs"), ("mip", "highs"), ("mip", "cbc")):
+            if solver == "cbc" and seed:
+                continue  # CBC runs as a subprocess: one seed per case keeps this quick
             try:
-                result = ILPSearcher(method=method).search(problem)
+                result = ILPSearcher(method=method, solver=solver).search(problem)
             except InfeasibleBudgetError:
                 assert best is None
                 continue
             assert best is not None
             assert problem.fits(result.policy)
             assert result.metrics["sensitivity"] == pytest.approx(best, rel=1e-9, abs=1e-12), \
-                (CASES[case], seed, method, result.info)
+                (CASES[case], seed, method, solver, result.info)
             assert result.info["objective"] == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
@@ -190,6 +192,23 @@ def test_widest_kernel_pays_with_more_kernels(latency):
         result = ILPSearcher().search(problem)
         assert result.info["method"] == "mip"
         assert result.metrics["sensitivity"] == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_cbc_is_exact_on_small_objective_differences():
+    """CBC's default cutoff increment (1e-5, absolute) would stop it short on objectives
+    whose alternatives differ by less; the searcher sets it so that CBC is exact."""
+    rng = np.random.default_rng(0)
+    layers = tiny_layers(rng, 12, 4)
+    space = SearchSpace(layers, weight_bits=(2, 3, 4, 8), act_bits=(8,))
+    weight = {layer.name: np.array([[1.0, 0.5, 0.25, 0.0]]) * (1 + 1e-5 * rng.random()) for layer in layers}
+    table = SensitivityTable((2, 3, 4, 8), weight)
+    for budget in ("bops=frac:0.4", "size=frac:0.3"):
+        problem = Problem.build(space, (budget,), sensitivity=table)
+        exact = ILPSearcher(method="mckp").search(problem)
+        assert exact.info["status"] == "optimal"
+        for solver in ("cbc", "highs"):
+            result = ILPSearcher(method="mip", solver=solver).search(problem)
+            assert result.metrics["sensitivity"] == pytest.approx(exact.metrics["sensitivity"], rel=1e-13), solver
 
 
 def test_auto_picks_the_knapsack_when_it_applies():
