@@ -62,7 +62,7 @@ def estimate(task, space, method: str = "hessian", *, width_mult: float = 1.0, s
     """The sensitivity table of ``task``'s trained model over ``space`` by ``method``.
 
     ``task``: a Task or a task name.  ``samples``: training samples used (default 512).
-    Method settings: ``probes`` (hessian, default 16), ``groups`` (empirical per kernel,
+    Method settings: ``probes`` (hessian, default 64), ``groups`` (empirical per kernel,
     default 8), ``batch_size``.  ``cache``: read and write the on-disk cache.
     """
     from ..errors import UserInputError

@@ -12,7 +12,9 @@ Three methods, each per layer (layer granularity) or per kernel (kernel granular
     kernel's (the trace of the kernel's diagonal block: the probe's kernel slice dotted
     with the product's kernel slice).  Per layer, ``n`` and ``||Q_b(W) - W||^2`` are the
     layer's; per kernel, the kernel's.  ``Q_b`` is bitsearch's own per-kernel symmetric
-    quantizer.  A negative trace estimate (noise, or negative curvature) is clamped to 0.
+    quantizer.  A kernel's trace from a few probes is noisy: it is shrunk towards its
+    layer's mean by its own noise share (empirical Bayes, the noise measured from the
+    spread of the probes).  A negative trace (noise, or negative curvature) counts as 0.
 ``bitgrad``
     BMPQ's bit-gradient, read as the derivative of the loss with respect to a relaxed
     (fractional) bit width: the weights of one layer are quantized at a width ``b`` that
@@ -57,7 +59,7 @@ from .table import SensitivityTable
 
 METHODS = ("hessian", "bitgrad", "empirical")
 DEFAULTS = {
-    "hessian": {"samples": 512, "probes": 16, "batch_size": 256},
+    "hessian": {"samples": 512, "probes": 64, "batch_size": 256},
     "bitgrad": {"samples": 512, "batch_size": 256},
     "empirical": {"samples": 512, "batch_size": 512, "groups": 8},
 }
@@ -128,13 +130,17 @@ def _restore(state) -> None:
 
 # --- hessian ----------------------------------------------------------------------------------
 def hutchinson_traces(model: nn.Module, modules: Mapping[str, nn.Module], batches, *, probes: int,
-                      seed: int) -> dict[str, np.ndarray]:
+                      seed: int, with_variance: bool = False):
     """Per layer, the Hutchinson estimate of the trace of each kernel's diagonal Hessian
-    block of the mean training loss (the layer's trace is their sum)."""
+    block of the mean training loss (the layer's trace is their sum).
+
+    With ``with_variance``, also the variance of each kernel's estimate (from the spread
+    of the probes), as a second dict."""
     names = list(modules)
     weights = [modules[n].weight for n in names]
     frozen = _float_params(model)
     sums = {n: torch.zeros(modules[n].weight.shape[0], dtype=torch.float64) for n in names}
+    variances = {n: torch.zeros(modules[n].weight.shape[0], dtype=torch.float64) for n in names}
     total = sum(len(yb) for _, yb in batches)
     generator = torch.Generator().manual_seed(int(seed))
     try:
@@ -144,27 +150,50 @@ def hutchinson_traces(model: nn.Module, modules: Mapping[str, nn.Module], batche
             loss = F.cross_entropy(model(xb), yb)
             grads = torch.autograd.grad(loss, weights, create_graph=True)
             share = len(yb) / total
+            samples = {n: [] for n in names}
             for _ in range(probes):
                 vs = [torch.randint(0, 2, w.shape, generator=generator).to(w.dtype) * 2 - 1 for w in weights]
                 hvs = torch.autograd.grad(grads, weights, grad_outputs=vs, retain_graph=True)
                 for n, v, hv in zip(names, vs, hvs):
-                    per_kernel = (v * hv).reshape(v.shape[0], -1).sum(dim=1).double()
-                    sums[n] += per_kernel.detach() * (share / probes)
+                    samples[n].append((v * hv).reshape(v.shape[0], -1).sum(dim=1).double().detach())
+            for n in names:
+                stacked = torch.stack(samples[n])
+                sums[n] += stacked.mean(dim=0) * share
+                if probes > 1:
+                    variances[n] += stacked.var(dim=0) / probes * share ** 2
             del grads, loss
     finally:
         _restore(frozen)
-    return {n: s.numpy() for n, s in sums.items()}
+    traces = {n: t.numpy() for n, t in sums.items()}
+    if with_variance:
+        return traces, {n: v.numpy() for n, v in variances.items()}
+    return traces
+
+
+def shrink_kernel_traces(traces: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes shrinkage of a layer's per-kernel trace estimates towards their
+    mean: each moves towards the mean by its noise share ``var_k / (var_k + tau^2)``,
+    where ``tau^2`` (the spread of the true traces) is the spread of the estimates less
+    their mean noise.  Noisy kernels lean on the layer; well-measured ones keep their own
+    value.  (With few probes, many kernel traces come out negative otherwise.)"""
+    if traces.size < 2:
+        return traces
+    mean = float(traces.mean())
+    tau2 = max(float(traces.var()) - float(variances.mean()), 0.0)
+    weight = np.where(variances + tau2 > 0, tau2 / np.maximum(variances + tau2, 1e-300), 1.0)
+    return mean + weight * (traces - mean)
 
 
 def hessian_table(model, space, batches, *, probes: int, seed: int) -> dict[str, np.ndarray]:
     modules = _modules(model, space)
-    traces = hutchinson_traces(model, modules, batches, probes=probes, seed=seed)
+    traces, variances = hutchinson_traces(model, modules, batches, probes=probes, seed=seed, with_variance=True)
     out = {}
     for layer in space.layers:
         errors = quantization_errors(modules[layer.name].weight, space.weight_bits)
         kernel_trace = traces[layer.name]
         if space.granularity == "kernel":
-            per_param = np.maximum(kernel_trace, 0.0) / max(1.0, layer.params_per_kernel)
+            shrunk = shrink_kernel_traces(kernel_trace, variances[layer.name])
+            per_param = np.maximum(shrunk, 0.0) / max(1.0, layer.params_per_kernel)
             out[layer.name] = per_param[:, None] * errors
         else:
             per_param = max(float(kernel_trace.sum()), 0.0) / max(1, layer.params)
