@@ -166,6 +166,11 @@ class SearchRun:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    @property
+    def distinct_evaluations(self) -> int:
+        """How many different policies this run has scored (repeats are served from its cache)."""
+        return len(self._cache)
+
     def emit(self, kind: str, *, step: int = 0, total: int | None = None, message: str = "", **data) -> bool:
         """Send an event; returns False (and marks the run stopped) if the callback says stop."""
         if self.callback is None:

@@ -49,8 +49,10 @@ import numpy as np
 from bitsearch.budget import format_cost
 from bitsearch.encoding import Encoding
 from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError
-from bitsearch.policy import LayerBits, Policy
+from bitsearch.policy import Policy
 from bitsearch.search import BaseSearcher, SearchRun
+
+from .refine import refine_policy, refine_problems
 
 __all__ = ["FracBitsSearcher", "relaxed_cost_tables", "project_to_budget"]
 
@@ -338,7 +340,10 @@ class FracBitsSearcher(BaseSearcher):
     ``train_samples`` caps the training samples used per epoch (None: all);
     ``finetune_epochs`` of training at the final integer policy (its accuracy goes to
     ``result.info``); ``fill`` whether the projection spends leftover budget;
-    ``projection`` ``auto``, ``knapsack`` or ``greedy`` (see :func:`project_to_budget`).
+    ``projection`` ``auto``, ``knapsack`` or ``greedy`` (see :func:`project_to_budget`);
+    ``refine`` rounds of evaluator-guided local search from the projected policy (0: none,
+    FracBits as published; see :mod:`bitsearch.solvers.refine`), at most
+    ``refine_evaluations`` fresh scores (None: no limit).
     """
 
     name = "fracbits"
@@ -358,6 +363,8 @@ class FracBitsSearcher(BaseSearcher):
         "finetune_epochs": 0,
         "fill": True,
         "projection": "auto",
+        "refine": 0,
+        "refine_evaluations": None,
     }
 
     def __init__(self, **settings):
@@ -379,6 +386,7 @@ class FracBitsSearcher(BaseSearcher):
             problems.append(f"init_bits must be a number or None (got {s['init_bits']!r})")
         if s["projection"] not in ("auto", "knapsack", "greedy"):
             problems.append(f"projection must be 'auto', 'knapsack' or 'greedy' (got {s['projection']!r})")
+        problems += refine_problems(s)
         if problems:
             raise SearcherSettingsError(f"searcher 'fracbits': {'; '.join(problems)}")
 
@@ -415,11 +423,15 @@ class FracBitsSearcher(BaseSearcher):
             run.info["learned_act_bits"] = [round(float(b), 4) for b in learned_a]
         if not problem.fits(policy):  # pragma: no cover - project_to_budget guarantees it
             raise AssertionError(f"fracbits: projected policy over budget: {problem.violations(policy)}")
+        if self.settings["refine"] and not run.stopped:  # scores the projected policy first
+            policy, run.info["refine"] = refine_policy(problem, run, policy, self.settings["refine"],
+                                                       max_evaluations=self.settings["refine_evaluations"])
+        else:
+            run.evaluate(policy, step=1, total=1)
         if self.settings["finetune_epochs"] and not run.stopped:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(run.seed)
                 run.info["finetuned"] = self._finetune(problem, run, task, policy, model, fq, torch)
-        run.evaluate(policy, step=1, total=1)
         return policy
 
     # --- training -------------------------------------------------------------------
@@ -547,7 +559,6 @@ class FracBitsSearcher(BaseSearcher):
         from bitsearch.tasks import evaluate_model
 
         s = self.settings
-        space = problem.space
         bits = policy.as_dict()
         wbits = {name: (b.weight_bits if not b.per_kernel else tuple(b.weight_bits)) for name, b in bits.items()}
         abits = {name: b.act_bits for name, b in bits.items()}

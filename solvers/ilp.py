@@ -58,6 +58,7 @@ from bitsearch.policy import LayerBits, Policy
 from bitsearch.search import BaseSearcher, SearchRun
 
 from .mckp import KnapsackInfeasible, solve_mckp
+from .refine import refine_policy, refine_problems
 
 SOLVERS = ("highs", "cbc")
 METHODS = ("auto", "mckp", "mip")
@@ -467,6 +468,9 @@ class ILPSearcher(BaseSearcher):
     before it falls back to the MIP (the knapsack search first tries to close it to ``mip_gap``).
     ``mckp_nodes``: search nodes of the knapsack's exact phase.
     ``threads``: solver threads (None: the solver's default).  ``verbose``: solver log.
+    ``refine``: rounds of evaluator-guided local search from the ILP's policy (0: none, the
+    method as published; see :mod:`bitsearch.solvers.refine`), at most ``refine_evaluations``
+    fresh scores (None: no limit).
     """
 
     name = "ilp"
@@ -474,7 +478,8 @@ class ILPSearcher(BaseSearcher):
     deterministic = True
     description = "exact ILP over a sensitivity table (HAWQ-V3 style): knapsack path, or PuLP with HiGHS/CBC"
     defaults = {"method": "auto", "solver": "highs", "time_limit": None, "mip_gap": None,
-                "mckp_gap": 1e-4, "mckp_nodes": 100_000, "threads": None, "verbose": False}
+                "mckp_gap": 1e-4, "mckp_nodes": 100_000, "threads": None, "verbose": False,
+                "refine": 0, "refine_evaluations": None}
 
     def __init__(self, **settings):
         super().__init__(**settings)
@@ -493,13 +498,21 @@ class ILPSearcher(BaseSearcher):
             raise SearcherSettingsError(f"ilp: mip_gap must be in [0, 1) (got {s['mip_gap']!r})")
         if not 0 <= float(s["mckp_gap"]) < 1:
             raise SearcherSettingsError(f"ilp: mckp_gap must be in [0, 1) (got {s['mckp_gap']!r})")
+        problems = refine_problems(s)
+        if problems:
+            raise SearcherSettingsError(f"ilp: {'; '.join(problems)}")
 
     def _search(self, problem, run: SearchRun):
         stop_early = not run.emit("progress", step=0, total=1, message="building the program")
-        solution = solve(problem, **self.settings, quick=stop_early)
+        settings = {k: v for k, v in self.settings.items() if k not in ("refine", "refine_evaluations")}
+        solution = solve(problem, **settings, quick=stop_early)
         run.info.update(solution.info)
         run.evaluate(solution.policy, step=1, total=1)
-        return solution.policy
+        policy = solution.policy
+        if self.settings["refine"] and not run.stopped:
+            policy, run.info["refine"] = refine_policy(problem, run, policy, self.settings["refine"],
+                                                       max_evaluations=self.settings["refine_evaluations"])
+        return policy
 
 
 def solve(problem, *, method="auto", solver="highs", time_limit=None, mip_gap=None, mckp_gap=1e-4,

@@ -329,3 +329,13 @@ def test_searched_activations_and_finetuning():
     assert problem.fits(result.policy)
     assert len(result.info["learned_act_bits"]) == len(problem.space.groups())
     assert 0.0 <= result.info["finetuned"]["top1"] <= 1.0
+
+
+def test_refine_starts_from_the_projection_and_only_improves():
+    problem = task_problem(("size=3bit",), "layer")
+    plain = FracBitsSearcher(**FAST).search(problem, seed=0)
+    refined = FracBitsSearcher(**FAST, refine=1, refine_evaluations=6).search(problem, seed=0)
+    info = refined.info["refine"]
+    assert info["score_before"] == pytest.approx(plain.score)  # the same seed learns the same widths
+    assert refined.score >= plain.score and problem.fits(refined.policy)
+    assert info["fresh_evaluations"] <= 6 and refined.evaluations == 1 + info["moves_scored"]
