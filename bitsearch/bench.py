@@ -1437,7 +1437,7 @@ def render_table(results: Mapping[str, Any]) -> str:
         has_oracle = any("regret_mean" in r for r in vrows)
         if len(variants) > 1:
             out += [f"**{variant}**", ""]
-        out.append(f"| searcher | " + " | ".join(budgets) + " |")
+        out.append("| searcher | " + " | ".join(budgets) + " |")
         out.append("|---|" + "---|" * len(budgets))
         for label in labels:
             cells = []

@@ -32,15 +32,13 @@ fine-tuning.
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserInputError
-from .policy import Policy
+from .policy import Policy, atomic_write
 
 FORMAT = "bitsearch-finetuned"
 FORMAT_VERSION = 1
@@ -147,20 +145,7 @@ def check_policy_for_task(policy: Policy, task, width_mult: float = 1.0, *, sour
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _load(path: Path, what: str):

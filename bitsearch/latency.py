@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .cost.tables import LATENCY_COLUMNS, LatencyTableCost, _act_key
+from .cost.tables import LATENCY_COLUMNS, LatencyTableCost, _act_key, read_latency_csv
 from .errors import LatencyTableError
 from .policy import atomic_write_text
 from .space import SearchSpace
@@ -102,17 +102,7 @@ def read_template(path) -> tuple[dict[str, str], list[tuple[str, int, int | None
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise LatencyTableError(f"{path}: cannot read latency table ({exc.strerror or exc})") from None
-    meta, body = {}, []
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            key, _, value = line.lstrip("# ").partition(":")
-            meta[key.strip().lower()] = value.strip()
-        elif line.strip():
-            body.append(line)
-    reader = csv.DictReader(io.StringIO("\n".join(body)))
-    missing = [c for c in LATENCY_COLUMNS[:3] if c not in (reader.fieldnames or [])]
-    if missing:
-        raise LatencyTableError(f"{path}: missing columns {missing}; expected {','.join(LATENCY_COLUMNS)}")
+    meta, reader = read_latency_csv(text, str(path), LATENCY_COLUMNS[:3])
     keys = []
     for number, row in enumerate(reader, start=2):
         try:

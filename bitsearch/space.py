@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 from .errors import SpaceError
 

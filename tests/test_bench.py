@@ -6,7 +6,6 @@ a fake evaluator); one runs a tiny suite on the ``digits-cnn`` task.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

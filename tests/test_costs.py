@@ -1,6 +1,5 @@
 """Cost models against numbers worked out by hand."""
 
-import math
 
 import pytest
 

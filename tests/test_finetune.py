@@ -12,7 +12,7 @@ pytest.importorskip("bitsearch.quant.apply")
 
 from bitsearch import finetune as ft  # noqa: E402
 from bitsearch.cli import main  # noqa: E402
-from bitsearch.policy import LayerBits, Policy, save_policy  # noqa: E402
+from bitsearch.policy import Policy, save_policy  # noqa: E402
 from bitsearch.quant import apply_policy, fake_quantize_weight, quantize_weight_int  # noqa: E402
 from bitsearch.quant.learnable import (  # noqa: E402
     LSQLinear, grad_scale, learnable_layer, lipschitz_penalty, to_learnable,

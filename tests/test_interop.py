@@ -7,7 +7,6 @@ import pytest
 
 from bitsearch import interop
 from bitsearch.cli import main
-from bitsearch.export import export_policy
 from bitsearch.interop import InteropError
 from bitsearch.errors import UserInputError
 from bitsearch.policy import LayerBits, Policy, save_policy

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -18,7 +17,7 @@ from bitsearch.policy import Policy
 from bitsearch.problem import Problem
 from bitsearch.solvers.ilp import ILPSearcher
 from bitsearch.space import Pin
-from bitsearch.tabular import load_problem, problem_to_dict, schema_path, write_problem
+from bitsearch.tabular import load_problem, schema_path, write_problem
 
 from helpers import small_problem, small_space, synthetic_sensitivity
 

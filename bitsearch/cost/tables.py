@@ -25,6 +25,23 @@ def _act_key(value) -> int | None:
     return int(text)
 
 
+def read_latency_csv(text: str, source: str, required) -> tuple[dict[str, str], csv.DictReader]:
+    """Split a latency CSV into its ``# key: value`` metadata lines (keys lower-cased) and a
+    reader over its rows; raises :class:`LatencyTableError` when a ``required`` column is missing."""
+    meta, body = {}, []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            key, _, value = line.lstrip("# ").partition(":")
+            meta[key.strip().lower()] = value.strip()
+        elif line.strip():
+            body.append(line)
+    reader = csv.DictReader(io.StringIO("\n".join(body)))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise LatencyTableError(f"{source}: missing columns {missing}; expected {','.join(LATENCY_COLUMNS)}")
+    return meta, reader
+
+
 class LatencyTableCost(CostModel):
     """Measured latency per layer and (weight bits, act bits), with the device named.
 
@@ -70,17 +87,7 @@ class LatencyTableCost(CostModel):
 
     @classmethod
     def _from_csv(cls, text: str, source: str) -> "LatencyTableCost":
-        meta, body = {}, []
-        for line in text.splitlines():
-            if line.lstrip().startswith("#"):
-                key, _, value = line.lstrip("# ").partition(":")
-                meta[key.strip().lower()] = value.strip()
-            elif line.strip():
-                body.append(line)
-        reader = csv.DictReader(io.StringIO("\n".join(body)))
-        missing = [c for c in LATENCY_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise LatencyTableError(f"{source}: missing columns {missing}; expected {','.join(LATENCY_COLUMNS)}")
+        meta, reader = read_latency_csv(text, source, LATENCY_COLUMNS)
         entries = {}
         for number, row in enumerate(reader, start=2):
             entries[cls._entry_key(row, source, number)] = cls._entry_value(row, source, number)

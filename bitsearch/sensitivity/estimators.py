@@ -44,8 +44,7 @@ mode (batch norm with running statistics, no dropout), and are deterministic for
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
