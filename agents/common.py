@@ -61,6 +61,16 @@ class RewardNormalizer:
         return (np.asarray(reward, dtype=float) - self.mean) / self.scale
 
 
+#: Settings of the env and the run that haq and autoq share (see docs/rl.md).
+ENV_DEFAULTS = {
+    "reward_scale": 1.0,
+    "cost_weights": {},
+    "projection_penalty": 0.0,
+    "objective": "auto",
+    "threads": 1,
+}
+
+
 def check_common_settings(name: str, settings: dict) -> None:
     episodes = settings.get("episodes")
     if not isinstance(episodes, int) or episodes < 1:

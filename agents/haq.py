@@ -27,7 +27,7 @@ import numpy as np
 from bitsearch.errors import SearcherSettingsError
 from bitsearch.search import BaseSearcher, SearchRun
 
-from .common import RewardNormalizer, RunEnv, check_common_settings, record_episode, tidy_process, truncated_normal
+from .common import ENV_DEFAULTS, RewardNormalizer, RunEnv, check_common_settings, record_episode, tidy_process, truncated_normal
 from .rl import OFF_POLICY, OffPolicyLearner
 
 
@@ -49,11 +49,7 @@ class HAQSearcher(BaseSearcher):
         "noise_decay": 0.99,
         "gradient_steps": 1,
         "reward": "haq",
-        "reward_scale": 1.0,
-        "cost_weights": {},
-        "projection_penalty": 0.0,
-        "objective": "auto",
-        "threads": 1,
+        **ENV_DEFAULTS,
     }
 
     def check(self, problem):

@@ -51,7 +51,7 @@ import numpy as np
 from bitsearch.errors import SearcherSettingsError
 from bitsearch.search import BaseSearcher, SearchRun
 
-from .common import RewardNormalizer, RunEnv, check_common_settings, record_episode, tidy_process, truncated_normal
+from .common import ENV_DEFAULTS, RewardNormalizer, RunEnv, check_common_settings, record_episode, tidy_process, truncated_normal
 from .rl import OFF_POLICY, OffPolicyLearner, PPOLearner
 
 HIGH_ALGORITHMS = OFF_POLICY + ("ppo",)
@@ -89,11 +89,7 @@ class AutoQSearcher(BaseSearcher):
         "goal_range": 0.5,
         "ppo_episodes": 8,
         "reward": "autoq",
-        "reward_scale": 1.0,
-        "cost_weights": {},
-        "projection_penalty": 0.0,
-        "objective": "auto",
-        "threads": 1,
+        **ENV_DEFAULTS,
     }
 
     def check(self, problem):

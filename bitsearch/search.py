@@ -13,6 +13,7 @@ an entry point alone.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ class BaseSearcher:
             raise SearcherSettingsError(
                 f"searcher {self.name!r} has no settings {unknown}; its settings are "
                 f"{', '.join(f'{k}={v!r}' for k, v in self.defaults.items()) or 'none'}")
-        self.settings = {**self.defaults, **settings}
+        self.settings = {**copy.deepcopy(self.defaults), **settings}  # no instance shares a default's list or dict
 
     def check(self, problem) -> None:
         if problem.space.granularity not in self.granularities:
