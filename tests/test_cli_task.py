@@ -99,3 +99,20 @@ class TestUniformWidth(SearcherConformance):
         result = self.run(self.make_problem(("size=3bit",), "layer"))
         model = result.policy.meta["model"]
         assert model.get("width_mult", 1.0) in (0.5, 1.0)
+
+
+@pytest.mark.parametrize("task", ["digits-cnn", pytest.param("mnist1d-cnn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("searcher, granularity", [("autoq", "kernel"), ("haq", "layer")])
+def test_rl_searchers_end_to_end_keep_the_budget(task, searcher, granularity, tmp_path, capsys):
+    """Issue 5's command lines with few episodes (mnist1d-cnn trains its float model first: slow;
+    the full runs are in benchmarks/rl_mnist1d.py)."""
+    path = tmp_path / "p.json"
+    code, out, err = run(capsys, "search", "--task", task, "--searcher", searcher, "--granularity",
+                         granularity, "--budget", "size=3bit", "--set", "episodes=6", "--set", "warmup=3",
+                         "--out", str(path), "--json")
+    assert code == 0, err
+    data = json.loads(path.read_text())
+    assert data["granularity"] == granularity and data["search"]["evaluations"] >= 1
+    assert data["costs"]["size"] <= data["budgets"][0]["limit"]
+    code, out, _ = run(capsys, "eval", str(path), "--task", task, "--json")
+    assert code == 0 and json.loads(out)["costs"]["size"] == data["costs"]["size"]
