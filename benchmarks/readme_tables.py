@@ -26,6 +26,10 @@ SUITES = (
      "Weights {2,3,4,8} per layer, activations 8 bits, post-training quantization with calibration, "
      "seeds 0-2. `+refine`: the searcher's policy, then 3 rounds of evaluator-guided local search "
      "(about 44 evaluations; `haq` and `autoq` use 150 episodes, `exhaustive` scores up to 2,524 policies)."),
+    ("mnist1d_kernel", "mnist1d-cnn, one width per output kernel",
+     "The same budgets kernel-wise (weights {2,3,4,8} per output channel): far too many policies for an "
+     "oracle, so no regret; the best layer-wise policy (above) is the bar a kernel-wise one should clear. "
+     "`random` draws 100 policies, `autoq` runs 100 episodes."),
     ("width_vs_mixed", "Uniform bits on a wider or narrower network against mixed precision",
      "\"One Weight Bitwidth to Rule Them All\": `uniform-width` retrains mnist1d-cnn at width "
      "multipliers x0.5..x2 and quantizes it uniformly; the others choose per-layer widths of the x1 "
