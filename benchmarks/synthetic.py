@@ -88,3 +88,23 @@ def hessian_like_table(space: SearchSpace, seed: int = 0, bits=tuple(range(1, 9)
         a = np.asarray(act_bits, dtype=float)
         act[layer.name] = layer_trace * layer.macs * 1e-9 / (12.0 * (2.0 ** a - 1.0) ** 2)
     return SensitivityTable(bits, weight, act_bits, act, method="synthetic-hessian")
+
+
+def _shape_only_problem(task: str, space_options, options):
+    """A suite problem (``bitsearch bench``'s ``problem = "synthetic:..."``): the shape-only
+    torchvision model's space and costs, scored by :func:`hessian_like_table` (no data)."""
+    import dataclasses
+
+    from bitsearch.build import problem_for_task
+
+    problem = problem_for_task(task, space_options, dataclasses.replace(options, sensitivity=None))
+    problem.sensitivity = hessian_like_table(problem.space, seed=0)
+    return problem
+
+
+def resnet18_problem(space_options, options):
+    return _shape_only_problem("resnet18", space_options, options)
+
+
+def resnet50_problem(space_options, options):
+    return _shape_only_problem("resnet50", space_options, options)
