@@ -44,7 +44,10 @@ by the excess, so the policy returned is within every budget exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -386,7 +389,9 @@ def _make_solver(name: str, *, time_limit, mip_gap, threads, verbose):
     import pulp
 
     if name == "highs":
-        if not pulp.HiGHS().available():
+        with _quiet_native_stdout(not verbose):
+            available = pulp.HiGHS().available()
+        if not available:
             raise SearcherSettingsError("ilp: HiGHS is not available (pip install highspy), or use solver='cbc'")
         options = {"primal_feasibility_tolerance": 1e-9, "mip_feasibility_tolerance": 1e-9,
                    "random_seed": 0}
@@ -413,11 +418,41 @@ class _MIPOutcome:
     seconds: float
 
 
+@contextlib.contextmanager
+def _quiet_native_stdout(active: bool = True):
+    """Send what native code prints to the process's standard output to the null device.
+
+    HiGHS 1.16 prints its banner when a model is created, even with ``msg=False``; on
+    standard output that would corrupt ``bitsearch search --json``.  With ``verbose`` the
+    solver log is wanted and nothing is redirected.
+    """
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        try:  # C stdio may still hold the banner in its buffer: flush it into the null device
+            import ctypes
+
+            ctypes.CDLL(None).fflush(None)
+        except (OSError, AttributeError):  # pragma: no cover - no C library to call
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def _solve_mip(mip: _MIP, solver, solver_name: str) -> _MIPOutcome:
     import pulp
 
     started = time.perf_counter()
-    mip.prob.solve(solver)
+    with _quiet_native_stdout(not getattr(solver, "msg", False)):
+        mip.prob.solve(solver)
     seconds = time.perf_counter() - started
     status = pulp.LpStatus[mip.prob.status]
     sol_status = mip.prob.sol_status
