@@ -228,6 +228,20 @@ def _write_problem(space, task, args):
     print(f"wrote {args.write_problem}", file=sys.stderr)
 
 
+def _limit_threads(threads, apply: bool = True) -> None:
+    """``--threads N``: torch's CPU threads (small models train and score faster on one
+    thread than on several that share a busy machine); ``apply=False`` only checks N."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserInputError(f"--threads must be at least 1 (got {threads})")
+    if not apply:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _build_problem(args, searcher_cls):
     from .build import ProblemOptions, needs_sensitivity, problem_for_task
 
@@ -266,6 +280,7 @@ def cmd_search(args):
     if args.time_limit is not None:
         settings["time_limit"] = args.time_limit
     searcher = cls(**settings)
+    _limit_threads(args.threads, apply=bool(args.task))  # a tabular problem (--problem) never imports torch
     problem = _build_problem(args, cls)
     if args.write_problem:
         from .tabular import write_problem
@@ -317,6 +332,7 @@ def _print_result(problem, policy, metrics, costs):
 
 
 def cmd_eval(args):
+    _limit_threads(args.threads)
     if getattr(args, "model", None):
         from .commands.finetune import eval_saved_model
 
@@ -418,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latency-table", metavar="FILE", help="measured latency table (CSV or JSON) for latency=")
     g.add_argument("--sensitivity", metavar="METHOD",
                    help="sensitivity estimate for searchers that use one: hessian (default), bitgrad, empirical")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads for training and scoring (default: torch's choice; 1 is often "
+                        "fastest for the small built-in tasks on a busy machine)")
     s = p.add_argument_group("searcher settings")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same policy (default 0)")
     s.add_argument("--solver", help="MIP solver for ilp/bmpq: highs (default) or cbc")
@@ -444,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "does not name one")
     p.add_argument("--latency-table", metavar="FILE", help="also report latency from this table")
     p.add_argument("--model", metavar="FILE", help="score this fine-tuned model (from bitsearch finetune)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 

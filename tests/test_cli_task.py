@@ -116,3 +116,23 @@ def test_rl_searchers_end_to_end_keep_the_budget(task, searcher, granularity, tm
     assert data["costs"]["size"] <= data["budgets"][0]["limit"]
     code, out, _ = run(capsys, "eval", str(path), "--task", task, "--json")
     assert code == 0 and json.loads(out)["costs"]["size"] == data["costs"]["size"]
+
+
+def test_threads_option(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        path = tmp_path / "p.json"
+        code, _, err = run(capsys, "search", "--task", TASK, "--searcher", "uniform", "--budget", "size=4bit",
+                           "--threads", "1", "--out", str(path))
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+        code, _, err = run(capsys, "eval", str(path), "--task", TASK, "--threads", "1")
+        assert code == 0, err
+        for command in (["search", "--task", TASK, "--searcher", "uniform", "--budget", "size=4bit"],
+                        ["eval", str(path), "--task", TASK]):
+            code, _, err = run(capsys, *command, "--threads", "0")
+            one_line(code, err, "--threads must be at least 1")
+    finally:
+        torch.set_num_threads(before)

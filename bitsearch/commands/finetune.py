@@ -70,10 +70,9 @@ def cmd_finetune(args) -> int:
     settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                 cycle_epochs=args.cycle_epochs, lipschitz=args.lipschitz, seed=args.seed,
                                 width_mult=width_mult)
-    if args.threads:
-        import torch
+    from ..cli import _limit_threads
 
-        torch.set_num_threads(args.threads)
+    _limit_threads(args.threads)
     quiet = args.json
     result = finetune(task, policy, settings, out=args.out, checkpoint=args.checkpoint, resume=not args.restart,
                       progress=_progress_enabled(),
