@@ -594,3 +594,26 @@ def test_builtin_training_is_reproducible(tmp_path, monkeypatch):
     monkeypatch.setenv("BITSEARCH_CACHE", str(tmp_path / "two"))
     second = get_task("digits-cnn").trained_model()
     assert same_weights(first, second)
+
+
+def test_training_does_not_depend_on_the_thread_count():
+    """The cached float model is the basis of every number: two machines with different
+    core counts must train the same weights (train_model runs on one thread)."""
+    from bitsearch.tasks.base import train_model
+
+    task = get_task("digits-cnn")
+    data = task.data()
+    before = torch.get_num_threads()
+    models = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = task.build_model(1.0)
+            train_model(model, data.x_train[:512], data.y_train[:512], task.recipe, epochs=1)
+            assert torch.get_num_threads() == threads  # restored
+            models.append(model)
+    finally:
+        torch.set_num_threads(before)
+    assert same_weights(*models)

@@ -194,7 +194,10 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Trai
 
     Only parameters with ``requires_grad`` are optimised, so a fake-quantized model (frozen
     scales, straight-through weights) trains the same way.  The global torch RNG is left
-    as it was.  The model is returned in eval mode."""
+    as it was.  Training runs on one CPU thread (the thread count is restored after): sums
+    split over several threads add up in an order that depends on the machine, and the
+    cached float model, the basis of every number bitsearch reports, must not.  The model is
+    returned in eval mode."""
     epochs = recipe.epochs if epochs is None else epochs
     lr = recipe.lr if lr is None else lr
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
@@ -216,46 +219,51 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Trai
         batches.pop()  # a last batch of one sample breaks batch norm in train mode
     steps = epochs * len(batches)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
-        generator = torch.Generator().manual_seed(recipe.seed)
-        if recipe.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
-                                        weight_decay=recipe.weight_decay)
-        elif recipe.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            generator = torch.Generator().manual_seed(recipe.seed)
+            if recipe.optimizer == "sgd":
+                optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
+                                            weight_decay=recipe.weight_decay)
+            elif recipe.optimizer == "adam":
+                optimizer = torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+            else:
+                optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=epochs, desc=description, unit="epoch", leave=False)
-        model.train()
-        try:
-            for _ in range(epochs):
-                order = torch.randperm(n, generator=generator)
-                loss_sum = 0.0
-                for start, stop in batches:
-                    index = order[start:stop]
-                    xb, yb = x[index].to(device), y[index].to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(xb), yb)
-                    if not torch.isfinite(loss):
-                        raise TaskError(f"{description}: the loss became {float(loss.detach())}; lower the learning rate "
-                                        f"(lr={lr})")
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    loss_sum += float(loss.detach()) * (stop - start)
+                bar = tqdm(total=epochs, desc=description, unit="epoch", leave=False)
+            model.train()
+            try:
+                for _ in range(epochs):
+                    order = torch.randperm(n, generator=generator)
+                    loss_sum = 0.0
+                    for start, stop in batches:
+                        index = order[start:stop]
+                        xb, yb = x[index].to(device), y[index].to(device)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss = F.cross_entropy(model(xb), yb)
+                        if not torch.isfinite(loss):
+                            raise TaskError(f"{description}: the loss became {float(loss.detach())}; lower the learning rate "
+                                            f"(lr={lr})")
+                        loss.backward()
+                        optimizer.step()
+                        schedule.step()
+                        loss_sum += float(loss.detach()) * (stop - start)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss_sum / batches[-1][1]:.4f}")
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / batches[-1][1]:.4f}")
-        finally:
-            if bar is not None:
-                bar.close()
-            model.eval()
+                    bar.close()
+                model.eval()
+    finally:
+        torch.set_num_threads(threads)
     return model
 
 
