@@ -145,7 +145,7 @@ def check_policy_for_task(policy: Policy, task, width_mult: float = 1.0, *, sour
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _load(path: Path, what: str):

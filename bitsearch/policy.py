@@ -304,15 +304,15 @@ def _dump(value: Any, depth: int) -> str:
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Fill a temporary file beside ``path`` with ``write(tmp_path)``, flush it to disk and
-    rename it onto ``path``: readers see the old file or the whole new one, never a part."""
+    """Write ``path`` through ``write(binary_file)``: a temporary file beside it, flushed to
+    disk and renamed onto it, so readers see the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -325,7 +325,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_policy(policy: Policy, path: str | os.PathLike) -> None:

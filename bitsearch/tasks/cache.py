@@ -14,9 +14,10 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
+
+from ..policy import atomic_write  # noqa: F401  (the one atomic writer; re-exported for the tasks)
 
 CACHE_ENV = "BITSEARCH_CACHE"
 
@@ -48,23 +49,6 @@ def _json_default(value):
 def safe_name(text: str) -> str:
     """A file-name-safe form of a task name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "task"
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through ``write(binary_file)`` atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
