@@ -3,9 +3,10 @@ size budget), the knapsack path against PuLP + HiGHS and PuLP + CBC, in one run.
 
     python benchmarks/ilp_scale.py [--budget size=4bit] [--repeats 3]
                                    [--highs-time-limit 600] [--cbc-time-limit 600] [--skip-cbc]
-                                   [--out benchmarks/results]
+                                   [--mip-gap G] [--out benchmarks/results]
 
-Writes ``ilp_scale.json`` and ``ilp_scale.md`` under ``--out``.
+Writes ``ilp_scale.json`` and ``ilp_scale.md`` under ``--out`` (with ``--mip-gap``:
+``ilp_scale_gap.*``, the MIP solvers stopping at that relative gap instead of proving 0).
 
 The space is ``bitsearch.discover`` on torchvision's ``resnet50(weights=None)`` (54 layers:
 53 convolutions and the classifier).  The sensitivity is synthetic but built the way
