@@ -36,7 +36,7 @@ from .functional import (
     FLOAT_BITS, IntegerWeight, fake_quantize, kernel_bits_tensor, quantize_weight_int, signed_qmax,
     unsigned_qmax, weight_scales,
 )
-from .modules import QuantMixin
+from .modules import QuantMixin, _build_on_meta, describe_weight_bits
 
 MIN_STEP = float(torch.finfo(torch.float32).tiny)
 
@@ -120,26 +120,15 @@ class LearnableQuantMixin:
         return fake_quantize(clipped, scale, qmin, qmax)
 
     def _extra_learnable_repr(self) -> str:
-        values = sorted(set(self.weight_bits.tolist()))
-        w = "float" if values == [FLOAT_BITS] else (str(values[0]) if len(values) == 1
-                                                    else f"per-kernel {values[0]}..{values[-1]}")
+        w = describe_weight_bits(self.weight_bits)
         a = "float" if self.act_bits is None else f"{self.act_bits} ({'signed' if bool(self.act_signed) else 'unsigned'})"
         return f"weight_bits={w}, act_bits={a}, LSQ+PACT"
-
-
-def _build(cls, module: nn.Module, **kwargs):
-    with torch.device("meta"):
-        layer = cls(**kwargs, dtype=module.weight.dtype)
-    layer.weight = module.weight
-    layer.bias = module.bias
-    layer.train(module.training)
-    return layer
 
 
 class _LSQConvMixin(LearnableQuantMixin):
     @classmethod
     def build(cls, module, weight_bits, act_bits, act_signed, act_clip, layer_name=""):
-        layer = _build(cls, module, in_channels=module.in_channels, out_channels=module.out_channels,
+        layer = _build_on_meta(cls, module, in_channels=module.in_channels, out_channels=module.out_channels,
                        kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
                        dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
                        padding_mode=module.padding_mode)
@@ -166,7 +155,7 @@ class LSQLinear(LearnableQuantMixin, nn.Linear):
 
     @classmethod
     def build(cls, module, weight_bits, act_bits, act_signed, act_clip, layer_name=""):
-        layer = _build(cls, module, in_features=module.in_features, out_features=module.out_features,
+        layer = _build_on_meta(cls, module, in_features=module.in_features, out_features=module.out_features,
                        bias=module.bias is not None)
         layer._init_learnable(weight_bits, act_bits, act_signed, act_clip, layer_name)
         return layer

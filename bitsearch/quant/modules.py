@@ -181,15 +181,19 @@ class QuantMixin:
         return q, self._eval_weight(qparams.scale)
 
     def _extra_bits_repr(self) -> str:
-        values = sorted(set(self.weight_bits.tolist()))
-        if values == [FLOAT_BITS]:
-            w = "float"
-        elif len(values) == 1:
-            w = str(values[0])
-        else:
-            w = f"per-kernel {values[0]}..{values[-1]}"
+        w = describe_weight_bits(self.weight_bits)
         a = "float" if self.act_bits is None else str(self.act_bits)
         return f"weight_bits={w}, act_bits={a}"
+
+
+def describe_weight_bits(weight_bits: torch.Tensor) -> str:
+    """``float``, one width, or ``per-kernel lo..hi``: a layer's weight widths for its repr."""
+    values = sorted(set(weight_bits.tolist()))
+    if values == [FLOAT_BITS]:
+        return "float"
+    if len(values) == 1:
+        return str(values[0])
+    return f"per-kernel {values[0]}..{values[-1]}"
 
 
 def _build_on_meta(cls, module: nn.Module, **kwargs):
