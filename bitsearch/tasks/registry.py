@@ -68,7 +68,9 @@ def get_task(name: str) -> Task:
                            "or a user task as package.module:factory")
 
 
-def _import_user_module(spec: str, module_name: str):
+def _try_import(spec: str, module_name: str):
+    """The module, or None when ``module_name`` itself is not found; a module that is found
+    but imports something missing is a TaskError naming what it needs."""
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -76,18 +78,21 @@ def _import_user_module(spec: str, module_name: str):
         if module_name != missing and not module_name.startswith(missing + "."):
             raise TaskError(f"task {spec!r}: importing {module_name!r} failed: it needs {missing!r}, "
                             "which is not installed") from None
+    return None
+
+
+def _import_user_module(spec: str, module_name: str):
+    module = _try_import(spec, module_name)
+    if module is not None:
+        return module
     # Not found on sys.path: a module in the working directory is what a user means.
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)
         importlib.invalidate_caches()
-        try:
-            return importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            missing = exc.name or ""
-            if module_name != missing and not module_name.startswith(missing + "."):
-                raise TaskError(f"task {spec!r}: importing {module_name!r} failed: it needs {missing!r}, "
-                                "which is not installed") from None
+        module = _try_import(spec, module_name)
+        if module is not None:
+            return module
     raise UnknownTaskError(f"task {spec!r}: no module named {module_name!r} (is it installed, or in the "
                            f"working directory or on PYTHONPATH?); built-in tasks: {_known()}")
 
