@@ -228,6 +228,17 @@ class Suite:
                 "scoring": asdict(self.scoring), "oracle": self.oracle}
 
 
+def _suite_table(path, data: Mapping[str, Any], name: str, allowed) -> Mapping[str, Any]:
+    """The suite's ``[name]`` table (empty when absent), with only ``allowed`` keys."""
+    table = data.get(name, {})
+    if not isinstance(table, Mapping):
+        raise _suite_error(path, f"[{name}] must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _suite_error(path, f"unknown key(s) {unknown} in [{name}]; it has {sorted(allowed)}")
+    return table
+
+
 def _suite_error(path, message) -> UserInputError:
     return UserInputError(f"{path}: {message}")
 
@@ -280,12 +291,7 @@ def parse_suite(data: Mapping[str, Any], path: str = "<suite>") -> Suite:
             raise _suite_error(path, f"problem {bad[0]!r}: give a function as \"module:function\" or a "
                                      f"problem file \"name.json\" (bitsearch-problem JSON)")
     # --- the space
-    space = data.get("space", {})
-    if not isinstance(space, Mapping):
-        raise _suite_error(path, "[space] must be a table")
-    unknown = sorted(set(space) - _SPACE_KEYS)
-    if unknown:
-        raise _suite_error(path, f"unknown key(s) {unknown} in [space]; it has {sorted(_SPACE_KEYS)}")
+    space = _suite_table(path, data, "space", _SPACE_KEYS)
     granularities = space.get("granularity", "layer")
     granularities = [granularities] if isinstance(granularities, str) else granularities
     if not isinstance(granularities, list) or not granularities or any(
@@ -351,12 +357,7 @@ def parse_suite(data: Mapping[str, Any], path: str = "<suite>") -> Suite:
         raise _suite_error(path, f"give {MIN_SEEDS} or more seeds (got {seeds}): the report gives the "
                                  f"spread over seeds")
     # --- scoring
-    scoring_raw = data.get("scoring", {})
-    if not isinstance(scoring_raw, Mapping):
-        raise _suite_error(path, "[scoring] must be a table")
-    unknown = sorted(set(scoring_raw) - _SCORING_KEYS)
-    if unknown:
-        raise _suite_error(path, f"unknown key(s) {unknown} in [scoring]; it has {sorted(_SCORING_KEYS)}")
+    scoring_raw = _suite_table(path, data, "scoring", _SCORING_KEYS)
     epochs = scoring_raw.get("finetune_epochs", 0)
     if not _is_int(epochs) or epochs < 0:
         raise _suite_error(path, f"[scoring] finetune_epochs must be 0 (post-training quantization) or a "
