@@ -21,6 +21,18 @@ def _cache_dir(tmp_path_factory):
         os.environ["BITSEARCH_CACHE"] = old
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one CPU thread for the test (restored after): small models run faster and the
+    same on every machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def pytest_generate_tests(metafunc):
     """Conformance classes run once per granularity they declare."""
     from conformance import SearcherConformance

@@ -52,3 +52,17 @@ def synthetic_sensitivity(space, seed=0, bits=(1, 2, 3, 4, 5, 6, 7, 8), act_bits
 def small_problem(budgets=("size=3bit",), granularity="layer", seed=0, **space_kw):
     space = small_space(granularity, **space_kw)
     return Problem.build(space, budgets, sensitivity=synthetic_sensitivity(space, seed))
+
+
+def assert_one_line_error(code, err, *needles):
+    """A user error: exit code 2, one line on stderr, no traceback, naming every needle."""
+    assert code == 2, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def assert_captured_one_line_error(capsys, code, *needles):
+    """:func:`assert_one_line_error` on what ``capsys`` captured on stderr."""
+    assert_one_line_error(code, capsys.readouterr().err, *needles)

@@ -44,12 +44,7 @@ TASK = Task("steps-test", model_factory=StepNet, data_factory=steps_data, input_
 FAST = {"epochs": 2, "resolve_every": 1, "steps_per_epoch": 3, "samples": 128}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _EVALUATOR = {}

@@ -9,22 +9,13 @@ import pytest
 from bitsearch.cli import main
 from bitsearch.policy import Policy, save_policy
 
-from helpers import small_space
+from helpers import assert_one_line_error, small_space
 
 
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err
 
 
 def test_help_teaches():

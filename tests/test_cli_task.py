@@ -9,6 +9,7 @@ from bitsearch.cli import main
 from bitsearch.policy import schema_path
 
 from conformance import SearcherConformance
+from helpers import assert_one_line_error as one_line
 
 TASK = "semicircles-mlp"
 
@@ -17,14 +18,6 @@ def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def one_line(code, err, *needles):
-    assert code == 2, err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.fixture(scope="module")

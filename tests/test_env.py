@@ -355,16 +355,6 @@ def _optimum(problem):
     return searchers.create("exhaustive").search(problem).score
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_ppo_learns(one_thread):
     """PPO on discrete actions; the projection penalty makes over-asking visible."""
     from stable_baselines3 import PPO

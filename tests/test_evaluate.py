@@ -12,12 +12,7 @@ from bitsearch.problem import Problem  # noqa: E402
 from bitsearch.tasks import Task, TaskData, TrainRecipe, scale_width  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bumps_data() -> TaskData:

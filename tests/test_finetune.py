@@ -19,17 +19,10 @@ from bitsearch.quant.learnable import (  # noqa: E402
 )
 from bitsearch.tasks import get_task  # noqa: E402
 
+from helpers import assert_captured_one_line_error as one_line_error  # noqa: E402
+
 TASK = "semicircles-mlp"  # trains in seconds
 SETTINGS = ft.FinetuneSettings(epochs=2, seed=0)
-
-
-def one_line_error(capsys, code, *needles):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def policy_for(task, weight_bits=2, act_bits=8):

@@ -14,17 +14,10 @@ from bitsearch.cli import main  # noqa: E402
 from bitsearch.cost.tables import LatencyTableCost  # noqa: E402
 from bitsearch.errors import LatencyTableError  # noqa: E402
 
+from helpers import assert_captured_one_line_error as one_line_error  # noqa: E402
+
 TASK = "semicircles-mlp"  # templates only build the model: no training
 SHAPE_TASK = ["--task", "resnet18", "--width-mult", "0.25"]  # shape-only: a search needs no training
-
-
-def one_line_error(capsys, code, *needles):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.fixture(scope="module")

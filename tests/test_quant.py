@@ -17,12 +17,7 @@ from bitsearch.quant import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 W = torch.tensor([[0.7, -1.2, 0.25, 0.0]])

@@ -25,13 +25,7 @@ CLASSES = {"digits-cnn": 10, "mnist1d-cnn": 10, "semicircles-mlp": 2, "resnet18"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "tasks.md"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest on one thread, above all on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
