@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .cost.tables import LATENCY_COLUMNS, LatencyTableCost, _act_key, read_latency_csv
+from .cost.tables import LATENCY_COLUMNS, LatencyTableCost, _act_key, read_latency_csv, table_keys  # noqa: F401
 from .errors import LatencyTableError
 from .policy import atomic_write_text
 from .space import SearchSpace
@@ -52,22 +52,6 @@ class Row:
     kind: str = ""
     macs: int = 0
     input_shape: str = ""
-
-
-def table_keys(space: SearchSpace, weight_bits: Iterable[int] | None = None,
-               act_bits: Iterable[int | None] | None = None) -> list[tuple[str, int, int | None]]:
-    """One key per layer and (w, a): the widths given (default: the space's choices);
-    pinned layers at their pinned widths."""
-    weights = tuple(weight_bits) if weight_bits is not None else space.weight_bits
-    acts = tuple(act_bits) if act_bits is not None else space.act_choices
-    pins = space.pins
-    keys = []
-    for layer in space.layers:
-        if layer.name in pins:
-            keys.append((layer.name, pins[layer.name].weight_bits, pins[layer.name].act_bits))
-            continue
-        keys += [(layer.name, w, a) for w in weights for a in acts]
-    return keys
 
 
 def kernel_for(weight_bits: int, act_bits: int | None) -> str:

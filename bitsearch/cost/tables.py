@@ -7,7 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from ..errors import LatencyTableError, ProblemFileError
 from ..space import Layer, SearchSpace
@@ -23,6 +23,22 @@ def _act_key(value) -> int | None:
     if text in ("", "none", "float", "fp32", "null"):
         return None
     return int(text)
+
+
+def table_keys(space: SearchSpace, weight_bits: Iterable[int] | None = None,
+               act_bits: Iterable[int | None] | None = None) -> list[tuple[str, int, int | None]]:
+    """One key per layer and (w, a): the widths given (default: the space's choices);
+    pinned layers at their pinned widths."""
+    weights = tuple(weight_bits) if weight_bits is not None else space.weight_bits
+    acts = tuple(act_bits) if act_bits is not None else space.act_choices
+    pins = space.pins
+    keys = []
+    for layer in space.layers:
+        if layer.name in pins:
+            keys.append((layer.name, pins[layer.name].weight_bits, pins[layer.name].act_bits))
+            continue
+        keys += [(layer.name, w, a) for w in weights for a in acts]
+    return keys
 
 
 def read_latency_csv(text: str, source: str, required) -> tuple[dict[str, str], csv.DictReader]:
@@ -135,16 +151,7 @@ class LatencyTableCost(CostModel):
                                     f"at weight {weight_bits} / act {act} bits") from None
 
     def required_keys(self, space: SearchSpace):
-        pins = space.pins
-        keys = []
-        for layer in space.layers:
-            if layer.name in pins:
-                keys.append((layer.name, pins[layer.name].weight_bits, pins[layer.name].act_bits))
-                continue
-            for w in space.weight_bits:
-                for a in space.act_choices:
-                    keys.append((layer.name, w, a))
-        return keys
+        return table_keys(space)
 
     def validate(self, space: SearchSpace) -> None:
         missing = [k for k in self.required_keys(space) if k not in self.entries]
