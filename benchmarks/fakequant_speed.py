@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from bitsearch.policy import LayerBits, Policy, atomic_write_text
+from bitsearch._io import atomic_write_text
+from bitsearch.policy import LayerBits, Policy
 from bitsearch.quant import apply_policy, calibrate
 
 TARGET = 1.5

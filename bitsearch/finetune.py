@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserInputError
-from .policy import Policy, atomic_write
+from ._io import atomic_write
+from .policy import Policy
+from .progress import Bar
 
 FORMAT = "bitsearch-finetuned"
 FORMAT_VERSION = 1
@@ -238,12 +240,7 @@ def finetune(task, policy: Policy, settings: FinetuneSettings = FinetuneSettings
                 return FinetuneResult(policy, ptq, {}, history, start_epoch, "", model)
             generator = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
             order = torch.randperm(n, generator=generator)
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(batches), desc=f"finetune {epoch + 1}/{settings.epochs}", unit="batch",
-                           leave=False)
+            bar = Bar(f"finetune {epoch + 1}/{settings.epochs}", len(batches), unit="batch", enabled=bool(progress))
             model.train()
             loss_sum, seen = 0.0, 0
             try:
@@ -264,12 +261,9 @@ def finetune(task, policy: Policy, settings: FinetuneSettings = FinetuneSettings
                     steps_done += 1
                     loss_sum += float(loss.detach()) * (stop - start)
                     seen += stop - start
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{current:.2g}", refresh=False)
+                    bar.update(1, postfix=f"loss={loss_sum / seen:.4f}, lr={current:.2g}")
             finally:
-                if bar is not None:
-                    bar.close()
+                bar.close()
             model.eval()
             metrics = evaluate_model(model, data.x_test, data.y_test)
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "top1": metrics["top1"],

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UserInputError
-from .policy import LayerBits, Policy, dumps
+from ._io import dumps
+from .policy import LayerBits, Policy
 
 HAWQ_ACCUMULATOR_BITS = 16
 

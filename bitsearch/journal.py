@@ -16,18 +16,11 @@ resume without repeating or losing work can use it the same way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-
-
-def stable_key(*parts: Any, length: int = 16) -> str:
-    """A short stable hash of JSON-serialisable ``parts`` (dict key order does not matter)."""
-    payload = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
 
 
 class Journal:

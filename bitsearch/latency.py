@@ -34,7 +34,7 @@ from typing import Iterable, Mapping
 
 from .cost.tables import LATENCY_COLUMNS, LatencyTableCost, _act_key, read_latency_csv, table_keys  # noqa: F401
 from .errors import LatencyTableError
-from .policy import atomic_write_text
+from ._io import atomic_write_text
 from .space import SearchSpace
 
 EXTRA_COLUMNS = ("kernel", "kind", "macs", "input_shape")

@@ -7,14 +7,13 @@ carry.  ``policy.key`` is a stable hash of the widths, used by caches and journa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ._io import atomic_write_text, dumps, stable_key
 from .errors import PolicyError
 from .space import SearchSpace
 
@@ -96,9 +95,8 @@ class Policy:
     @property
     def key(self) -> str:
         """A stable hash of the widths (not of the metadata)."""
-        payload = json.dumps([[n, list(b.weight_bits) if b.per_kernel else b.weight_bits, b.act_bits]
-                              for n, b in self.bits], separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+        return stable_key(*([n, list(b.weight_bits) if b.per_kernel else b.weight_bits, b.act_bits]
+                            for n, b in self.bits), length=20)
 
     def with_meta(self, **sections) -> "Policy":
         meta = dict(self.meta)
@@ -278,56 +276,7 @@ def _fmt_act(a) -> str:
     return "float" if a is None else str(a)
 
 
-# --- files ----------------------------------------------------------------------------
-def dumps(data: Any) -> str:
-    """JSON with two-space indentation, but lists of numbers on one line."""
-    return _dump(data, 0) + "\n"
-
-
-def _dump(value: Any, depth: int) -> str:
-    pad, inner = "  " * depth, "  " * (depth + 1)
-    if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        if depth >= 2 and all(not isinstance(v, Mapping) and not (
-                isinstance(v, (list, tuple)) and any(isinstance(x, (Mapping, list, tuple)) for x in v))
-                for v in value.values()):
-            return "{" + ", ".join(f"{json.dumps(str(k))}: {_dump(v, depth + 1)}" for k, v in value.items()) + "}"
-        items = [f"{inner}{json.dumps(str(k))}: {_dump(v, depth + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(value, (list, tuple)):
-        if all(not isinstance(v, (Mapping, list, tuple)) for v in value):
-            return json.dumps(list(value))
-        items = [f"{inner}{_dump(v, depth + 1)}" for v in value]
-        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
-    return json.dumps(value)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Write ``path`` through ``write(binary_file)``: a temporary file beside it, flushed to
-    disk and renamed onto it, so readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
+# --- files ---------------------------------------------------------------------------------
 def save_policy(policy: Policy, path: str | os.PathLike) -> None:
     atomic_write_text(path, policy.to_json())
 

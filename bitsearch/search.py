@@ -21,7 +21,8 @@ from importlib import metadata
 from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
 
 from .errors import InfeasibleBudgetError, SearcherSettingsError, UnknownSearcherError
-from .policy import Policy, atomic_write_text, dumps
+from ._io import atomic_write_text, dumps
+from .policy import Policy
 
 ENTRY_POINT_GROUP = "bitsearch.searchers"
 DEFAULT_SEED = 0

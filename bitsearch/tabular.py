@@ -38,10 +38,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ._io import atomic_write_text, dumps
 from .budget import parse_budget
 from .cost import ANALYTIC, LatencyTableCost, TableCost
 from .errors import ProblemFileError, UserInputError
-from .policy import atomic_write_text, dumps
 from .problem import Problem
 from .sensitivity.table import SensitivityTable
 from .space import Layer, Pin, SearchSpace, layers_fingerprint

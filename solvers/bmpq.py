@@ -177,7 +177,7 @@ class BMPQSearcher(BaseSearcher):
         finetuned = evaluate_model(qmodel, data.x_test, data.y_test)
         state = {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()}
         if s["weights_out"]:
-            from bitsearch.tasks.cache import atomic_write
+            from bitsearch._io import atomic_write
 
             atomic_write(s["weights_out"], lambda handle: torch.save({"state_dict": state,
                                                                       "policy": policy.to_dict()}, handle))

@@ -8,6 +8,8 @@ import argparse
 import json
 import sys
 
+from ..progress import limit_threads, progress_enabled
+
 DESCRIPTION = """\
 Fine-tune the task's model at the policy's widths: LSQ step sizes for weights, PACT
 clipping for activations (both start from the post-training quantizers), AdamW under a
@@ -53,7 +55,6 @@ def register(subparsers) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from ..cli import _progress_enabled
     from ..finetune import FinetuneSettings, finetune
     from ..policy import load_policy
     from ..tasks import get_task
@@ -70,12 +71,10 @@ def cmd_finetune(args) -> int:
     settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                 cycle_epochs=args.cycle_epochs, lipschitz=args.lipschitz, seed=args.seed,
                                 width_mult=width_mult)
-    from ..cli import _limit_threads
-
-    _limit_threads(args.threads)
+    limit_threads(args.threads)
     quiet = args.json
     result = finetune(task, policy, settings, out=args.out, checkpoint=args.checkpoint, resume=not args.restart,
-                      progress=_progress_enabled(),
+                      progress=progress_enabled(),
                       log=None if quiet else (lambda line: print(line, file=sys.stderr)))
     summary = {"out": result.out, "task": task.name, "epochs": settings.epochs, "resumed_after_epoch":
                result.resumed_from, "top1_ptq": result.ptq["top1"], "top1": result.final["top1"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from .common import write_output
 
 DESCRIPTION = """\
 Read the bit widths of another tool and write a bitsearch policy JSON.
@@ -36,7 +36,6 @@ def register(subparsers) -> None:
 
 def cmd_import(args) -> int:
     from .. import interop
-    from ..policy import atomic_write_text
 
     space = _task_space(args.task) if args.task else None
     model = {"name": space.model_name, "fingerprint": space.fingerprint} if space is not None else None
@@ -50,12 +49,7 @@ def cmd_import(args) -> int:
                                    layer_order=list(space.names) if space is not None else None)
     if space is not None:
         policy = check_against_space(policy, space, source=args.file)
-    text = policy.to_json()
-    if args.out:
-        atomic_write_text(args.out, text)
-        print(f"wrote {args.out} ({len(policy.bits)} layers)", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_output(policy.to_json(), args.out, f"{len(policy.bits)} layers")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..progress import Bar
+
 DESCRIPTION = """\
 Latency tables for 'bitsearch search --latency-table FILE --budget latency=...'.
 
@@ -107,14 +109,11 @@ def cmd_latency(args) -> int:
                                     f"task {task.name!r}")
     else:
         keys = latency.table_keys(space, act_bits=args.table_acts)
-    bar = _bar(len(keys))
-    try:
+    with Bar("latency", len(keys)) as bar:
         rows, meta = latency.measure_latency(task, keys, width_mult=args.width_mult, batch=args.batch,
                                              repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                                             progress=bar, int8=not args.float_only)
-    finally:
-        if bar is not None:
-            bar.close()
+                                             progress=lambda done, total: bar.set(done, total=total),
+                                             int8=not args.float_only)
     meta["model"] = f"{space.model_name} {space.fingerprint}"
     latency.write_table(args.out, rows, meta)
     total = {}
@@ -125,23 +124,3 @@ def cmd_latency(args) -> int:
     for (w, a), value in sorted(total.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
         print(f"  all layers at w{w}/a{'float' if a is None else a}: {value:.4f} ms", file=sys.stderr)
     return 0
-
-
-class _bar_wrapper:
-    def __init__(self, total):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc="latency", file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def __call__(self, done, total):
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self):
-        self.bar.close()
-
-
-def _bar(total):
-    from ..cli import _progress_enabled
-
-    return _bar_wrapper(total) if _progress_enabled() else None

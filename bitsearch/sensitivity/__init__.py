@@ -46,7 +46,8 @@ def _settings(method: str, samples, overrides: dict) -> dict:
 
 def cache_path(task, space, method: str, *, width_mult: float = 1.0, seed: int = 0, **settings):
     """Where :func:`estimate` keeps the table of these arguments."""
-    from ..tasks.cache import cache_dir, safe_name, stable_hash
+    from .._io import stable_hash
+    from ..tasks.cache import cache_dir, safe_name
 
     settings = _settings(method, settings.pop("samples", None), settings)
     key = stable_hash({
@@ -92,7 +93,7 @@ def estimate(task, space, method: str = "hessian", *, width_mult: float = 1.0, s
     model = task.trained_model(width_mult)
     table = compute(model, space, task.data(), method, samples=settings["samples"], seed=seed, settings=settings)
     if cache:
-        from ..policy import atomic_write_text
+        from .._io import atomic_write_text
 
         record = {"schema": "bitsearch-sensitivity-cache", "format": CACHE_FORMAT, "task": task.name,
                   "width_mult": width_mult, "space": space.fingerprint, "granularity": space.granularity,

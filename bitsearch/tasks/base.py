@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TaskError
-from .cache import atomic_write, cache_dir, file_lock, safe_name, stable_hash
+from .._io import atomic_write, stable_hash
+from ..progress import Bar
+from .cache import cache_dir, file_lock, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +235,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Trai
             else:
                 optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=epochs, desc=description, unit="epoch", leave=False)
+            bar = Bar(description, epochs, unit="epoch", enabled=bool(progress))
             model.train()
             try:
                 for _ in range(epochs):
@@ -255,12 +253,9 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Trai
                         optimizer.step()
                         schedule.step()
                         loss_sum += float(loss.detach()) * (stop - start)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_sum / batches[-1][1]:.4f}")
+                    bar.update(1, postfix=f"loss={loss_sum / batches[-1][1]:.4f}")
             finally:
-                if bar is not None:
-                    bar.close()
+                bar.close()
                 model.eval()
     finally:
         torch.set_num_threads(threads)

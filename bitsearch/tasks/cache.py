@@ -1,23 +1,19 @@
 """The on-disk cache of tasks: generated data sets and trained float weights.
 
 Where: ``$BITSEARCH_CACHE`` if set, else ``$XDG_CACHE_HOME/bitsearch``, else
-``~/.cache/bitsearch``.  Every file is written atomically (a temporary file in the same
-folder, then a rename), so a killed process never leaves a half-written file under a
-final name; a lock file makes concurrent processes that need the same entry wait for
-the first one instead of all computing it.
+``~/.cache/bitsearch``.  Every file is written atomically (:func:`bitsearch._io.atomic_write`:
+a temporary file in the same folder, then a rename), so a killed process never leaves a
+half-written file under a final name; a lock file makes concurrent processes that need
+the same entry wait for the first one instead of all computing it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
-
-from ..policy import atomic_write  # noqa: F401  (the one atomic writer; re-exported for the tasks)
+from typing import Iterator
 
 CACHE_ENV = "BITSEARCH_CACHE"
 
@@ -30,20 +26,6 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "bitsearch"
-
-
-def stable_hash(payload: Any, length: int = 16) -> str:
-    """A short hex digest of a JSON-serialisable payload (keys sorted, so order-free)."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
-
-
-def _json_default(value):
-    if isinstance(value, (tuple, set, frozenset)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot hash a value of type {type(value).__name__} into a cache key")
 
 
 def safe_name(text: str) -> str:

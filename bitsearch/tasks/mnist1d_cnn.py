@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Task, TaskData, TrainRecipe, scale_width
-from .cache import atomic_write, cache_dir, file_lock, stable_hash
+from .._io import atomic_write, stable_hash
+from .cache import cache_dir, file_lock
 from .registry import describe
 
 NAME = "mnist1d-cnn"

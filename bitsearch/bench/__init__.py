@@ -1,0 +1,197 @@
+"""The benchmark harness behind ``bitsearch bench``: searchers against each other.
+
+A *suite* (a TOML file, see :data:`SUITE_FORMAT`) names the task, the search space, the
+budgets, the searchers with their settings, the seeds and how policies are scored.  The
+bench runs every searcher x budget set x seed (a searcher that is deterministic runs
+once), optionally with the ``exhaustive`` searcher as the oracle, and writes into the
+output directory:
+
+* ``results.jsonl`` -- the journal: one line per finished run, fsync'd (see
+  :mod:`bitsearch.journal`); what ``--resume`` reads;
+* ``results.json`` -- the suite, every run in plan order, and the summary rows;
+* ``report.md`` -- per searcher and budget: the metric's mean and spread over seeds,
+  cost, regret to the oracle, search seconds, evaluations, budget kept;
+* ``pareto.png`` and ``curves.png`` -- accuracy against cost, and best-so-far /
+  learning curves;
+* ``policies/`` -- each run's policy JSON.
+
+The parts, in the order a bench uses them:
+
+* :mod:`.suite` -- the suite file, checked, as frozen dataclasses;
+* :mod:`.plan` -- every run of the suite with its stable key, grouped into units of work;
+* :mod:`.execute` -- one run in any process: problem, searcher, the record it leaves;
+* :mod:`.backends` -- where units run: this process, ``--jobs N`` local processes, or a
+  Dask cluster (``--scheduler tcp://host:port`` or ``local``);
+* :mod:`.report` -- results, the summary rows, ``report.md`` and the README table;
+* :mod:`.plots` -- ``pareto.png`` and ``curves.png``.
+
+This package imports only the standard library and bitsearch's core at import time;
+torch (through the task), matplotlib, tqdm and dask are imported when used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .._io import atomic_write_text, dumps
+from ..errors import UserInputError
+from ..journal import Journal
+from ..progress import Bar, SearchProgress, progress_enabled
+from .backends import choose_backend
+from .execute import TIMING_FIELDS, clear_problem_cache, pareto_front
+from .plan import make_units, plan_runs, policy_path
+from .report import (SCHEMA, SCHEMA_VERSION, collect_results, load_results, render_report, render_table,
+                     replace_readme_block)
+from .suite import SUITE_FORMAT, Suite, load_suite, parse_suite
+
+__all__ = ["SUITE_FORMAT", "TIMING_FIELDS", "JOURNAL_NAME", "Suite", "BenchOutcome", "load_suite", "parse_suite",
+           "plan_runs", "run_bench", "rerender", "load_results", "render_table", "replace_readme_block",
+           "pareto_front"]
+
+JOURNAL_NAME = "results.jsonl"
+
+
+class BenchProgress:
+    """One bar over the runs, and (in-process) one bar inside the current run."""
+
+    def __init__(self, total: int, done: int):
+        self.bar = Bar("bench", total, unit="run", initial=done, enabled=True, leave=True, position=0)
+        self.bar.set()
+
+    def run_callback(self, run):
+        text = f"{run['label']} {run['budget_label']}" + ("" if run["deterministic"] else f" seed {run['seed']}")
+        return SearchProgress(text, enabled=True)
+
+    def finished(self, record):
+        status = record["status"]
+        metric = record.get("metric")
+        text = f"{record['label']} {record['budget_label']} s{record['seed']}: " + (
+            f"{metric:.4g}" if status == "ok" and metric is not None else status)
+        self.bar.update(1, postfix=text)
+
+    def close(self):
+        self.bar.close()
+
+
+@dataclass
+class BenchOutcome:
+    out: Path
+    planned: int
+    resumed: int
+    ran: int
+    failed: int
+    skipped: int
+    results: dict = field(default_factory=dict)
+
+
+def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
+              jobs: int = 1, scheduler: str | None = None, only: Iterable[str] | None = None,
+              progress: bool | None = None, plots: bool = True, command: str | None = None) -> BenchOutcome:
+    """Run (or finish) a suite into ``out``; see the module docstring."""
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    backend = choose_backend(jobs, scheduler)
+    out = Path(out)
+    journal_path = out / JOURNAL_NAME
+    journal = Journal(journal_path)
+    if journal_path.exists() and journal_path.stat().st_size > 0 and not resume:
+        raise UserInputError(f"{out} already holds a bench ({JOURNAL_NAME}); add --resume to finish it, "
+                             f"or choose another --out")
+    runs = plan_runs(suite, only)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "suite.json", dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+                                                  "suite": suite.to_dict()}))
+    if resume:
+        journal.repair()
+    recorded = journal.latest()
+    done = {k: r for k, r in recorded.items() if r.get("status") in ("ok", "skipped")}
+    todo = [r for r in runs if r["key"] not in done]
+    # the report covers the selected runs and every other run of the suite already recorded
+    selected = {r["key"] for r in runs}
+    reported = [r for r in plan_runs(suite, check=False) if r["key"] in selected or r["key"] in recorded]
+    resumed = len(runs) - len(todo)
+    progress = progress_enabled() if progress is None else progress
+    bar = BenchProgress(len(runs), resumed) if progress and todo else None
+    ran = failed = 0
+    clear_problem_cache()
+    try:
+        units = make_units(suite, todo, progress=bool(progress and backend.in_process))
+        if units and backend.local_workers:
+            prewarm(suite, progress=bool(progress))
+        for record in backend.run(units, bar.run_callback if bar is not None else None):
+            policy_json = record.pop("policy_json", None)
+            run = next(r for r in todo if r["key"] == record["key"])
+            if policy_json is not None:
+                rel = policy_path(suite, run)
+                atomic_write_text(out / rel, policy_json)  # before the journal line that names it
+                record["policy_file"] = rel
+            journal.append(record)
+            ran += 1
+            failed += record["status"] == "failed"
+            if bar is not None:
+                bar.finished(record)
+    finally:
+        journal.close()
+        if bar is not None:
+            bar.close()
+        clear_problem_cache()
+    commands = _previous_commands(out)
+    if command and (ran or not commands):
+        commands.append(command)
+    results = render_outputs(suite, out, reported, commands, plots=plots)
+    skipped = sum(1 for r in results["runs"] if r.get("status") == "skipped")
+    return BenchOutcome(out, len(runs), resumed, ran, failed, skipped, results)
+
+
+def _previous_commands(out: Path) -> list[str]:
+    try:
+        data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        return list(data.get("commands") or ([data["command"]] if data.get("command") else []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def render_outputs(suite: Suite, out: Path, reported: Sequence[dict], commands: Sequence[str], *,
+                   plots: bool = True) -> dict:
+    """results.json, report.md and the plots of ``reported`` runs, from the journal in ``out``."""
+    results = collect_results(suite, reported, Journal(out / JOURNAL_NAME).latest(), commands=commands)
+    atomic_write_text(out / "results.json", dumps(results))
+    atomic_write_text(out / "report.md", render_report(results))
+    if plots:
+        from .plots import plot_curves, plot_pareto
+
+        plot_pareto(results, out / "pareto.png")
+        plot_curves(results, out / "curves.png")
+    return results
+
+
+def rerender(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, only: Iterable[str] | None = None,
+             plots: bool = True) -> dict:
+    """Render a bench's outputs again from its journal, running nothing (after the report
+    code changed, say); the recorded commands are kept."""
+    if not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    out = Path(out)
+    recorded = Journal(out / JOURNAL_NAME).latest()
+    if not recorded:
+        raise UserInputError(f"{out}: no journal ({JOURNAL_NAME}) to render")
+    selected = {r["key"] for r in plan_runs(suite, only, check=False)}
+    reported = [r for r in plan_runs(suite, check=False) if r["key"] in selected and r["key"] in recorded]
+    return render_outputs(suite, out, reported, _previous_commands(out), plots=plots)
+
+
+def prewarm(suite: Suite, *, progress: bool = False) -> None:
+    """Train (or load) each task's float model here, once, before local workers start:
+    they then read it from the task cache instead of all training it at the same time."""
+    for variant in suite.variants:
+        if variant.source_kind != "task":
+            continue
+        from ..tasks import get_task
+
+        task = get_task(variant.source)
+        if not task.shape_only:
+            task.trained_model(variant.width_mult, progress=progress)

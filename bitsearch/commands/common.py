@@ -1,0 +1,69 @@
+"""What several commands share: the search-space options and how a result is printed."""
+
+from __future__ import annotations
+
+
+def add_space_options(parser) -> None:
+    """``--granularity --weight-bits --act-bits --pin-first-last --width-mult``."""
+    g = parser.add_argument_group("search space")
+    g.add_argument("--granularity", choices=("layer", "kernel"), default="layer",
+                   help="one weight width per layer, or per output kernel (default: layer)")
+    g.add_argument("--weight-bits", default="2-8", metavar="BITS",
+                   help="weight widths to choose from: a list (2,3,4,8) or a range (2-8); default 2-8")
+    g.add_argument("--act-bits", default="8", metavar="BITS",
+                   help="activation widths: one value fixes them (default 8), several are searched "
+                        "per layer (4,8), 'none' leaves activations in float")
+    g.add_argument("--pin-first-last", type=int, default=None, metavar="N",
+                   help="pin the first and last layer at N bits (weights and activations)")
+    g.add_argument("--width-mult", type=float, default=1.0, metavar="M",
+                   help="build the task's model at this width multiplier (default 1.0)")
+
+
+def space_options(args):
+    """The :class:`~bitsearch.build.SpaceOptions` of :func:`add_space_options`' arguments."""
+    from ..build import SpaceOptions
+    from ..space import parse_bits
+
+    return SpaceOptions(granularity=args.granularity, weight_bits=parse_bits(args.weight_bits),
+                        act_bits=parse_bits(args.act_bits, allow_none=True), pin_first_last=args.pin_first_last)
+
+
+def print_result(problem, policy, metrics, costs) -> None:
+    """A policy layer by layer, its costs against the problem's budgets, and its metrics."""
+    from ..budget import format_cost
+
+    space = problem.space
+    for layer in space.layers:
+        b = policy[layer.name]
+        if b.per_kernel:
+            wtxt = f"mean {b.mean_weight_bits:.2f} (min {min(b.weight_bits)}, max {max(b.weight_bits)})"
+        else:
+            wtxt = str(b.weight_bits)
+        atxt = "float" if b.act_bits is None else str(b.act_bits)
+        print(f"  {layer.name:<28} weights {wtxt:<28} acts {atxt}")
+    budgets = {b.cost: b for b in problem.budgets}
+    parts = []
+    for name, value in costs.items():
+        unit = problem.costs[name].unit
+        text = f"{name} {format_cost(value, unit)}"
+        if name in budgets:
+            text += f" (budget {format_cost(budgets[name].limit, unit)}: kept)"
+        parts.append(text)
+    print("costs: " + ", ".join(parts))
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if shown:
+        print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+
+def write_output(text: str, out: str | None, detail: str = "") -> None:
+    """``text`` into the file ``out`` (atomically; "wrote OUT" on standard error), or onto
+    standard output when no file is named."""
+    import sys
+
+    from .._io import atomic_write_text
+
+    if out:
+        atomic_write_text(out, text)
+        print(f"wrote {out}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+    else:
+        sys.stdout.write(text)

@@ -1,0 +1,73 @@
+"""``bitsearch eval POLICY --task T``: a policy's costs and accuracy on a task (``--model
+FILE``: of a model fine-tuned by ``bitsearch finetune``)."""
+
+from __future__ import annotations
+
+import json
+
+from ..progress import limit_threads, progress_enabled
+from .common import print_result
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="score a policy on a task",
+                              description="Apply a policy to a task's model and report its costs and accuracy.")
+    p.add_argument("policy", help="policy JSON file")
+    p.add_argument("--task", required=True, help="the task the policy was made for")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="E",
+                   help="fine-tune E epochs at the policy's widths before scoring (default 0)")
+    p.add_argument("--weight-bits", default="2-8", metavar="BITS", help="weight widths a policy may use (default 2-8)")
+    p.add_argument("--act-bits", default=None, metavar="BITS",
+                   help="activation widths a policy may use (default 2-8, or none when the policy's "
+                        "activations are all float)")
+    p.add_argument("--width-mult", type=float, default=1.0, help="model width multiplier when the policy "
+                                                                  "does not name one")
+    p.add_argument("--latency-table", metavar="FILE", help="also report latency from this table")
+    p.add_argument("--model", metavar="FILE", help="score this fine-tuned model (from bitsearch finetune)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    limit_threads(args.threads)
+    if getattr(args, "model", None):
+        from .finetune import eval_saved_model
+
+        return eval_saved_model(args)
+    from ..build import ProblemOptions, SpaceOptions, problem_for_task
+    from ..errors import PolicyError
+    from ..policy import load_policy, validate_policy
+    from ..space import parse_bits
+    from ..tasks import get_task
+
+    policy = load_policy(args.policy)
+    task = get_task(args.task)
+    model_meta = policy.meta.get("model") or {}
+    width_mult = float(model_meta.get("width_mult", args.width_mult))
+    acts = {b.act_bits for _, b in policy.bits}
+    act_bits = parse_bits(args.act_bits, allow_none=True) if args.act_bits else (
+        None if acts == {None} else parse_bits("2-8"))
+    space_options = SpaceOptions(granularity=policy.granularity, weight_bits=parse_bits(args.weight_bits),
+                                 act_bits=act_bits)
+    options = ProblemOptions(finetune_epochs=args.finetune_epochs, width_mult=width_mult,
+                             latency_table=args.latency_table)
+    problem = problem_for_task(task, space_options, options, progress=progress_enabled())
+    fingerprint = model_meta.get("fingerprint")
+    if fingerprint and fingerprint != problem.space.fingerprint:
+        raise PolicyError(f"the policy was made for model {model_meta.get('name', '?')!r} "
+                          f"({fingerprint}), but task {task.name!r} gives {problem.space.fingerprint}: "
+                          f"a policy for another model", args.policy)
+    policy = validate_policy(policy, problem.space, source=args.policy)
+    costs = problem.cost_of(policy)
+    metrics = problem.evaluate(policy) if problem.evaluator is not None else {}
+    kind = getattr(problem.evaluator, "metric_kind", None)
+    if args.json:
+        print(json.dumps({"policy": args.policy, "task": task.name, "costs": costs, "metrics": metrics,
+                          "metric_kind": kind}, indent=2))
+        return 0
+    print_result(problem, policy, metrics, costs)
+    if kind:
+        print(f"metric kind: {kind}")
+    return 0

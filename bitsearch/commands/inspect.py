@@ -1,0 +1,99 @@
+"""``bitsearch inspect --task T``: the quantizable layers of a task's model and what uniform
+policies cost; ``--write-problem FILE`` also writes its tabular problem file."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .common import add_space_options, space_options
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("inspect", help="layers, params, MACs and the cost of uniform policies",
+                              description="Show the quantizable layers of a task's model, their params and MACs, "
+                                          "tied groups, and what uniform policies cost.")
+    p.add_argument("--task", required=True, help="a built-in task (bitsearch tasks) or package.module:factory")
+    add_space_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--write-problem", metavar="FILE", help="also write a tabular problem file (needs --sensitivity)")
+    p.add_argument("--sensitivity", metavar="METHOD", help="sensitivity estimate for --write-problem "
+                                                           "(hessian, bitgrad, empirical)")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args) -> int:
+    from ..budget import format_cost
+    from ..build import space_for_task
+    from ..cost import ANALYTIC, make_cost_model
+    from ..policy import Policy
+    from ..tasks import get_task
+
+    task = get_task(args.task)
+    options = space_options(args)
+    space = space_for_task(task, options, width_mult=args.width_mult)
+    models = {name: make_cost_model(name) for name in ANALYTIC}
+    model = task.build_model(args.width_mult)
+    total_params = sum(p.numel() for p in model.parameters())
+    layer_params = sum(l.params + l.bias_params for l in space.layers)
+    uniform = {}
+    for w in space.weight_bits:
+        policy = Policy.uniform(space, w)
+        uniform[w] = {name: m.cost(space, policy) for name, m in models.items()}
+    summary = {
+        "task": task.name, "model": space.model_name, "fingerprint": space.fingerprint,
+        "granularity": space.granularity, "weight_bits": list(space.weight_bits),
+        "act_bits": None if space.act_bits is None else list(space.act_bits),
+        "layers": [l.to_dict() for l in space.layers], "tied": [list(g) for g in space.tied],
+        "weight_units": len(space.weight_units()), "total_params": total_params,
+        "layer_params": layer_params, "total_macs": sum(l.macs for l in space.layers),
+        "uniform_costs": {str(w): c for w, c in uniform.items()},
+    }
+    if args.write_problem:
+        _write_problem(space, task, args)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{task.name}: {len(space.layers)} quantizable layers, {space.granularity} granularity, "
+          f"{summary['weight_units']:,} weight units, fingerprint {space.fingerprint}")
+    header = f"{'layer':<28} {'kind':<7} {'shape':<24} {'params':>11} {'MACs':>14} {'kernels':>7}"
+    print(header)
+    print("-" * len(header))
+    for l in space.layers:
+        if l.kind == "linear":
+            shape = f"{l.in_features}->{l.out_channels}"
+        else:
+            shape = f"{l.in_channels}->{l.out_channels} k{'x'.join(map(str, l.kernel_size))}"
+            if any(s != 1 for s in l.stride):
+                shape += f" s{'x'.join(map(str, l.stride))}"
+            if l.groups != 1:
+                shape += f" g{l.groups}"
+        flags = " (pinned)" if space.is_pinned(l.name) else ""
+        print(f"{l.name:<28} {l.kind:<7} {shape:<24} {l.params + l.bias_params:>11,} {l.macs:>14,} "
+              f"{l.kernels:>7}{flags}")
+    print("-" * len(header))
+    print(f"{'total':<61} {layer_params:>11,} {summary['total_macs']:>14,}")
+    other = total_params - layer_params
+    print(f"parameters: {layer_params:,} in these layers + {other:,} elsewhere (norms...) = {total_params:,}")
+    if space.tied:
+        print("tied groups (read the same tensor): " + "; ".join(" + ".join(g) for g in space.tied))
+    print("\ncost of uniform policies (activations " +
+          ("float" if space.act_bits is None else f"{max(space.act_bits)}-bit") + "):")
+    print(f"{'bits':>4}  " + "  ".join(f"{n:>14}" for n in models))
+    for w, costs in uniform.items():
+        print(f"{w:>4}  " + "  ".join(f"{format_cost(costs[n], models[n].unit):>14}" for n in models))
+    return 0
+
+
+def _write_problem(space, task, args) -> None:
+    from ..errors import UserInputError
+
+    if not getattr(args, "sensitivity", None):
+        raise UserInputError("--write-problem needs --sensitivity METHOD: the problem file carries sensitivities")
+    from .. import sensitivity as sensitivity_module
+    from ..problem import Problem
+    from ..tabular import write_problem
+
+    table = sensitivity_module.estimate(task, space, args.sensitivity, width_mult=args.width_mult)
+    write_problem(Problem.build(space, (), sensitivity=table, task=task.name), args.write_problem)
+    print(f"wrote {args.write_problem}", file=sys.stderr)

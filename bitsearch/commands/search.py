@@ -1,0 +1,129 @@
+"""``bitsearch search``: search a policy under budgets and write its JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import UserInputError
+from ..progress import SearchProgress, limit_threads, progress_enabled
+from .common import add_space_options, print_result, space_options
+
+EXAMPLES = """\
+examples:
+  bitsearch tasks
+  bitsearch inspect --task mnist1d-cnn
+  bitsearch search --task mnist1d-cnn --searcher uniform --budget size=4bit --out p.json
+  bitsearch search --task mnist1d-cnn --searcher ilp --budget size=3bit --weight-bits 2,3,4,8
+  bitsearch eval p.json --task mnist1d-cnn
+  bitsearch export p.json --to csv
+"""
+
+BUDGETS = """\
+budgets (COST=VALUE, repeat --budget for several):
+  size=1.2MB  size=4bit (cost of the uniform 4-bit policy)  size=12.5% (of float)
+  bops=3.5GBOPs  energy=2uJ  bitfusion=0.5ms  latency=0.8ms (needs --latency-table)
+  latency=frac:0.5 (cheapest + 0.5 x (dearest - cheapest), as HAWQ-V3 states budgets)
+"""
+
+EXIT_CODES = "exit codes: 0 success, 2 bad input, 1 internal error\n"
+
+EPILOG = EXAMPLES + "\n" + BUDGETS + "\n" + EXIT_CODES
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("search", help="search a policy under budgets",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description="Search the widths of every layer (or kernel) under one or more budgets, "
+                                          "and write the policy JSON.", epilog=EPILOG)
+    src = p.add_argument_group("what to search")
+    src.add_argument("--task", help="a built-in task (bitsearch tasks) or package.module:factory")
+    src.add_argument("--problem", metavar="FILE", help="a tabular problem file (bitsearch-problem JSON); "
+                                                       "runs without torch")
+    src.add_argument("--searcher", required=True, help="which searcher (bitsearch searchers)")
+    src.add_argument("--budget", action="append", default=[], metavar="COST=VALUE",
+                     help="a budget; repeat for several (see below)")
+    add_space_options(p)
+    g = p.add_argument_group("scoring and costs")
+    g.add_argument("--finetune-epochs", type=int, default=0, metavar="E",
+                   help="score policies after E epochs of quantization-aware fine-tuning (default 0: "
+                        "post-training quantization with calibration)")
+    g.add_argument("--latency-table", metavar="FILE", help="measured latency table (CSV or JSON) for latency=")
+    g.add_argument("--sensitivity", metavar="METHOD",
+                   help="sensitivity estimate for searchers that use one: hessian (default), bitgrad, empirical")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads for training and scoring (default: torch's choice; 1 is often "
+                        "fastest for the small built-in tasks on a busy machine)")
+    s = p.add_argument_group("searcher settings")
+    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same policy (default 0)")
+    s.add_argument("--solver", help="MIP solver for ilp/bmpq: highs (default) or cbc")
+    s.add_argument("--time-limit", type=float, default=None, metavar="S", help="solver time limit in seconds")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any searcher setting, e.g. --set samples=200 (see bitsearch searchers)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="FILE", help="write the policy JSON here")
+    o.add_argument("--write-problem", metavar="FILE", help="also write the problem as a tabular problem file")
+    o.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args) -> int:
+    from .. import searchers
+    from ..budget import parse_budget
+    from ..build import parse_settings
+    from ..policy import save_policy
+
+    if not args.budget:
+        raise UserInputError("give at least one --budget, e.g. --budget size=4bit")
+    for text in args.budget:  # fail on a bad budget before any training
+        parse_budget(text)
+    cls = searchers.get(args.searcher)
+    settings = parse_settings(args.set or [])
+    if args.solver:
+        settings["solver"] = args.solver
+    if args.time_limit is not None:
+        settings["time_limit"] = args.time_limit
+    searcher = cls(**settings)
+    limit_threads(args.threads, import_torch=bool(args.task))  # a tabular problem (--problem) never imports torch
+    problem = _build_problem(args, cls)
+    if args.write_problem:
+        from ..tabular import write_problem
+
+        write_problem(problem, args.write_problem)
+    bar = SearchProgress(f"{args.searcher}")
+    try:
+        result = searcher.search(problem, seed=args.seed, callback=bar)
+    finally:
+        bar.close()
+    if args.out:
+        save_policy(result.policy, args.out)
+    if args.json:
+        print(json.dumps({**result.summary(), "policy": result.policy.to_dict(),
+                          "out": args.out}, indent=2, default=str))
+        return 0
+    print_result(problem, result.policy, result.metrics, result.costs)
+    print(f"searcher {result.searcher} (seed {result.seed}): {result.evaluations} evaluations, "
+          f"{result.seconds:.2f} s" + (" (stopped early)" if result.stopped_early else ""))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _build_problem(args, searcher_cls):
+    from ..build import ProblemOptions, needs_sensitivity, problem_for_task
+
+    if args.problem:
+        if args.task:
+            raise UserInputError("give --task or --problem, not both")
+        from ..tabular import load_problem
+
+        return load_problem(args.problem, args.budget, granularity=args.granularity)
+    if not args.task:
+        raise UserInputError("give --task NAME (see 'bitsearch tasks') or --problem FILE")
+    sensitivity = args.sensitivity
+    if sensitivity is None and needs_sensitivity(searcher_cls):
+        sensitivity = "hessian"
+    options = ProblemOptions(budgets=tuple(args.budget), finetune_epochs=args.finetune_epochs,
+                             width_mult=args.width_mult, latency_table=args.latency_table,
+                             sensitivity=sensitivity)
+    return problem_for_task(args.task, space_options(args), options, progress=progress_enabled())
