@@ -7,6 +7,7 @@ imported by the modules that need them (``bitsearch.quant``, ``bitsearch.solvers
 
 __version__ = "0.1.0"
 
+from .build import ProblemOptions, SpaceOptions, TrainedModel, problem_for_model, problem_for_task  # noqa: E402
 from .budget import Budget, BudgetSpec, parse_budget, resolve_budget  # noqa: E402
 from .errors import (  # noqa: E402
     BitsearchError, BudgetParseError, InfeasibleBudgetError, PolicyError, UserInputError,
@@ -22,5 +23,6 @@ __all__ = [
     "__version__", "Budget", "BudgetSpec", "parse_budget", "resolve_budget", "BitsearchError",
     "BudgetParseError", "InfeasibleBudgetError", "PolicyError", "UserInputError", "LayerBits", "Policy",
     "load_policy", "save_policy", "validate_policy", "Problem", "SearchEvent", "SearchResult", "Searcher",
-    "SensitivityTable", "Layer", "SearchSpace", "searchers",
+    "SensitivityTable", "Layer", "SearchSpace", "searchers", "problem_for_model", "problem_for_task",
+    "TrainedModel", "SpaceOptions", "ProblemOptions",
 ]

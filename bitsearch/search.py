@@ -106,7 +106,8 @@ class BaseSearcher:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
     granularities: ClassVar[tuple[str, ...]] = ("layer", "kernel")
-    # what the searcher optimises: "evaluator", "sensitivity", "any" objective, or "nothing"
+    # what the searcher needs: "evaluator" (scores policies), "trainable" (trains the model:
+    # a trainable evaluator), "sensitivity" (a table), "any" objective, or "nothing"
     needs: ClassVar[str] = "any"
     description: ClassVar[str] = ""
     # True when the seed cannot change the result (``bitsearch bench`` then runs it once)
@@ -125,14 +126,9 @@ class BaseSearcher:
             raise SearcherSettingsError(
                 f"searcher {self.name!r} does not support {problem.space.granularity} granularity "
                 f"(it supports {', '.join(self.granularities)})")
-        if self.needs == "evaluator" and problem.evaluator is None:
-            raise SearcherSettingsError(f"searcher {self.name!r} needs an evaluator (a task), not only a table")
-        if self.needs == "sensitivity" and problem.sensitivity is None:
-            raise SearcherSettingsError(f"searcher {self.name!r} needs a sensitivity table")
-        if self.needs == "any" and problem.objective == "none":
-            raise SearcherSettingsError(
-                f"searcher {self.name!r} needs something to optimise: a task with data (an evaluator) "
-                f"or a sensitivity table (--sensitivity); this problem only has costs")
+        message = problem.lacks(self.needs)
+        if message:
+            raise SearcherSettingsError(f"searcher {self.name!r} {message}")
 
     def search(self, problem, *, seed: int | None = None, callback=None) -> SearchResult:
         self.check(problem)
@@ -232,7 +228,7 @@ class SearchRun:
         seconds = self.elapsed
         from . import __version__
 
-        metric_kind = getattr(problem.evaluator, "metric_kind", None) if problem.evaluator is not None else None
+        metric_kind = problem.metric_kind
         if metric_kind:
             metrics.setdefault("metric_kind", metric_kind)
         settings = _jsonable(self.searcher.settings)

@@ -164,7 +164,7 @@ class QuantEnv(gym.Env):
         if objective == "sensitivity" and problem.sensitivity is None:
             raise UserInputError("QuantEnv: objective 'sensitivity' needs a problem with a sensitivity table")
         self.objective = objective
-        self.lower_is_better = objective == "sensitivity"
+        self.lower_is_better = objective == "sensitivity" or not problem.higher_is_better
 
         self.encoding = Encoding(space)
         self._build_structure()
@@ -652,10 +652,22 @@ class QuantEnv(gym.Env):
 
     @property
     def reference(self) -> float:
-        """The objective value rewards are measured against (computed once)."""
+        """The objective value rewards are measured against (computed once): the float
+        model's, when the objective is a model evaluator's metric (as HAQ measures
+        against the float accuracy); else the widest uniform policy's -- with a
+        lower-is-better objective, the widest that keeps every budget."""
         if self._reference is None:
+            from bitsearch.problem import ModelEvaluator, missing_members
+
             space = self.space
-            if self.lower_is_better:
+            evaluator = self.problem.evaluator
+            reference = None
+            if self.objective != "sensitivity" and evaluator is not None \
+                    and not missing_members(evaluator, ModelEvaluator):
+                metrics = evaluator.float_metrics()
+                if self.objective in metrics:
+                    reference = float(metrics[self.objective])
+            if reference is None and self.lower_is_better:
                 candidates = sorted(space.weight_bits, reverse=True)
                 act = None if space.act_bits is None else max(space.act_bits)
                 chosen = None
@@ -667,29 +679,27 @@ class QuantEnv(gym.Env):
                 if chosen is None:
                     chosen = Policy.uniform(space, min(space.weight_bits),
                                             None if space.act_bits is None else min(space.act_bits))
-                ref = float(self._score_uncached(chosen)[self.objective])
-                if ref <= 0:
+                reference = float(self._score_uncached(chosen)[self.objective])
+                if reference <= 0:
                     cheapest = Policy.uniform(space, min(space.weight_bits),
                                               None if space.act_bits is None else min(space.act_bits))
-                    ref = float(self._score_uncached(cheapest)[self.objective])
-                self._reference = ref if ref > 0 else 1.0
-            else:
-                float_metrics = getattr(self.problem.evaluator, "float_metrics", None)
-                metrics = float_metrics() if callable(float_metrics) else None
-                if metrics and self.objective in metrics:
-                    self._reference = float(metrics[self.objective])
-                else:
-                    widest = Policy.uniform(space, max(space.weight_bits),
-                                            None if space.act_bits is None else max(space.act_bits))
-                    self._reference = float(self._score_uncached(widest)[self.objective])
+                    reference = float(self._score_uncached(cheapest)[self.objective])
+            elif reference is None:
+                widest = Policy.uniform(space, max(space.weight_bits),
+                                        None if space.act_bits is None else max(space.act_bits))
+                reference = float(self._score_uncached(widest)[self.objective])
+            if self.lower_is_better and reference <= 0:
+                reference = 1.0  # the relative forms divide by it
+            self._reference = reference
         return self._reference
 
     def reward_of(self, value: float, policy: Policy | None = None) -> float:
         """The episode reward of an objective ``value``.
 
-        ``haq``: with an evaluator, ``0.1 x (top1 - reference)`` in percentage points
-        (HAQ's ``(acc - acc_float) * 0.1``); with a table, the relative loss reduction
-        ``(L_ref - L) / L_ref`` (0 at the reference, at most 1).
+        ``haq``: with a higher-is-better metric, ``0.1 x (top1 - reference)`` in percentage
+        points (HAQ's ``(acc - acc_float) * 0.1``); with a lower-is-better one (a table's
+        estimated loss, a loss, a perplexity), the relative reduction ``(L_ref - L) / L_ref``
+        (0 at the reference, at most 1).
         ``autoq``: AutoQ's logarithmic form, ``log(top1 / reference)`` or
         ``log(L_ref / L)``, minus ``psi_c * log(cost_c / limit_c)`` for each entry of
         ``cost_weights``.  Both are multiplied by ``reward_scale``.

@@ -36,21 +36,29 @@ from bitsearch.search import BaseSearcher, SearchRun
 
 from .ilp import solve as solve_ilp
 
+TABLE_BATCH = 256  # batch size of the initial bit-gradient table (the bitgrad estimator's)
+
 
 class BMPQSearcher(BaseSearcher):
     """Quantization-aware training with bit-gradient sensitivities and an ILP re-solved
     every ``resolve_every`` epochs (BMPQ).
 
+    Trains through the problem's trainable evaluator (:class:`bitsearch.problem.TrainableEvaluator`:
+    a task, or ``problem_for_model(..., train_loader=..., train_step=...)``): each step is
+    the evaluator's ``train_step`` on the fake-quantized model; the bit-gradients are read
+    from the gradients it computed, just before the optimizer steps.
+
     Settings: ``epochs`` (QAT epochs), ``resolve_every`` (epochs between ILP solves),
-    ``lr`` (default: a tenth of the task's learning rate), ``batch_size`` (default: the
-    task's), ``steps_per_epoch`` (cap; None: the whole training set), ``samples``
-    (training samples for the initial bit-gradient table), ``solver``, ``time_limit``,
+    ``lr`` (default: the evaluator's ``finetune_lr``, a tenth of a task's learning rate),
+    ``batch_size`` (default: the task's; a user's train_loader keeps its own),
+    ``steps_per_epoch`` (cap; None: the whole training set), ``samples``
+    (samples for the initial bit-gradient table), ``solver``, ``time_limit``,
     ``mip_gap``, ``method`` (passed to the ILP), ``weights_out`` (a file for the
     fine-tuned state dict, written atomically).
     """
 
     name = "bmpq"
-    needs = "evaluator"
+    needs = "trainable"
     deterministic = False
     description = "quantization-aware training with bit-gradient sensitivities; ILP re-solved every k epochs (BMPQ)"
     defaults = {"epochs": 4, "resolve_every": 1, "lr": None, "batch_size": None, "steps_per_epoch": None,
@@ -87,17 +95,16 @@ class BMPQSearcher(BaseSearcher):
         import torch
 
         from bitsearch.quant import apply_policy, calibrate, quant_modules, set_policy
-        from bitsearch.sensitivity.estimators import bitgrad_table, sample_batches
+        from bitsearch.sensitivity.estimators import bitgrad_table
         from bitsearch.sensitivity.table import SensitivityTable
+        from bitsearch.training import HookedOptimizer
 
         s = self.settings
         evaluator = problem.evaluator
-        task, space = evaluator.task, problem.space
-        data, calibration = evaluator.data, evaluator.calibration
+        space = problem.space
+        calibration = evaluator.calibration
         float_model = evaluator.model
-        recipe = task.recipe
-        lr = float(s["lr"]) if s["lr"] is not None else recipe.lr / 10.0
-        batch_size = int(s["batch_size"] or recipe.batch_size)
+        lr = float(s["lr"]) if s["lr"] is not None else evaluator.finetune_lr
         low, high = min(space.weight_bits), max(space.weight_bits)
         grid = list(range(low, high + 1))
         columns = [grid.index(b) for b in space.weight_bits]
@@ -107,12 +114,12 @@ class BMPQSearcher(BaseSearcher):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
-            generator = torch.Generator().manual_seed(run.seed)
             # 1. the initial table and policy
-            batches = sample_batches(data.x_train, data.y_train, int(s["samples"]), batch_size, run.seed)
-            table = SensitivityTable(space.weight_bits, bitgrad_table(float_model, space, batches),
+            batches = evaluator.sensitivity_batches(int(s["samples"]), int(s["batch_size"] or TABLE_BATCH), run.seed)
+            table = SensitivityTable(space.weight_bits, bitgrad_table(float_model, space, batches, evaluator.loss),
                                      space.act_bits if space.act_searched else (),
-                                     self._act_table(float_model, space, batches, calibration), method="bitgrad")
+                                     self._act_table(float_model, space, batches, calibration, evaluator.loss),
+                                     method="bitgrad")
             solution = self._ilp(problem, table)
             policy = solution.policy
             history.append({"epoch": 0, "policy_key": policy.key, "objective": solution.info.get("objective")})
@@ -124,34 +131,32 @@ class BMPQSearcher(BaseSearcher):
             qmodel = apply_policy(float_model, policy, calibration=calibration)
             layers = quant_modules(qmodel)
             params = [p for p in qmodel.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+            inner = torch.optim.AdamW(params, lr=lr, weight_decay=evaluator.weight_decay)
             sums = {n: np.zeros((kernels[n], len(grid) - 1)) for n in names}
-            steps_seen = 0
-            n = len(data.x_train)
+            counter = {"steps": 0}
+
+            def read_bit_gradients():
+                """Before each step: the bit-gradients from the gradient the step computed."""
+                self._accumulate(layers, names, grid, sums)
+                counter["steps"] += 1
+
+            optimizer = HookedOptimizer([inner], before_step=read_bit_gradients)
+            epochs_data = evaluator.train_batches(run.seed, batch_size=s["batch_size"])
             epochs_run = 0
+            loss = math.nan
             for epoch in range(1, int(s["epochs"]) + 1):
                 qmodel.train()
-                order = torch.randperm(n, generator=generator)
-                starts = list(range(0, n, batch_size))
-                if s["steps_per_epoch"]:
-                    starts = starts[:int(s["steps_per_epoch"])]
-                for start in starts:
-                    index = order[start:start + batch_size]
-                    if len(index) < 2:
-                        continue
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = torch.nn.functional.cross_entropy(qmodel(data.x_train[index]), data.y_train[index])
-                    loss.backward()
-                    self._accumulate(layers, names, grid, sums)
-                    steps_seen += 1
-                    optimizer.step()
+                for step, batch in enumerate(epochs_data):
+                    if s["steps_per_epoch"] and step >= int(s["steps_per_epoch"]):
+                        break
+                    loss = evaluator.train_step(qmodel, batch, optimizer)
                 epochs_run = epoch
                 qmodel.eval()
                 # 3. re-solve every k epochs (not after the last: the last policy gets trained)
-                if epoch % int(s["resolve_every"]) == 0 and epoch < int(s["epochs"]) and steps_seen:
+                if epoch % int(s["resolve_every"]) == 0 and epoch < int(s["epochs"]) and counter["steps"]:
                     weight = {}
                     for name in names:
-                        saved = sums[name] / steps_seen
+                        saved = sums[name] / counter["steps"]
                         to_top = np.concatenate([np.cumsum(saved[:, ::-1], axis=1)[:, ::-1],
                                                  np.zeros((kernels[name], 1))], axis=1)[:, columns]
                         weight[name] = to_top if space.granularity == "kernel" else to_top.sum(axis=0, keepdims=True)
@@ -165,16 +170,14 @@ class BMPQSearcher(BaseSearcher):
                                     "objective": solution.info.get("objective")})
                     for name in names:
                         sums[name][:] = 0.0
-                    steps_seen = 0
+                    counter["steps"] = 0
                 if not run.emit("progress", step=epoch, total=int(s["epochs"]), message=f"epoch {epoch}",
-                                loss=float(loss.detach()) if starts else math.nan):
+                                loss=float(loss)):
                     break
             qmodel.eval()
         # 4. the result
-        from bitsearch.tasks import evaluate_model
-
         calibrate(qmodel, calibration)
-        finetuned = evaluate_model(qmodel, data.x_test, data.y_test)
+        finetuned = evaluator.score_model(qmodel)
         state = {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()}
         if s["weights_out"]:
             from bitsearch._io import atomic_write
@@ -187,12 +190,12 @@ class BMPQSearcher(BaseSearcher):
         return policy
 
     @staticmethod
-    def _act_table(model, space, batches, calibration):
+    def _act_table(model, space, batches, calibration, loss):
         if not space.act_searched:
             return {}
         from bitsearch.sensitivity.estimators import activation_table
 
-        return activation_table(model, space, batches, calibration)
+        return activation_table(model, space, batches, calibration, loss)
 
     @staticmethod
     def _accumulate(layers, names, grid, sums) -> None:

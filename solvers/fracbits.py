@@ -331,12 +331,19 @@ class FracBitsSearcher(BaseSearcher):
     """Learns a fractional width per decision unit with the weights, under a budget
     penalty, then projects to integer widths that keep every budget exactly.
 
-    Settings: ``epochs`` of search over the task's training set; ``lr`` for the weights
-    (None: a tenth of the task recipe's) and ``bits_lr`` for the widths (Adam);
+    Trains through the problem's trainable evaluator (:class:`bitsearch.problem.TrainableEvaluator`:
+    a task, or ``problem_for_model(..., train_loader=..., train_step=...)``): every step is
+    the evaluator's ``train_step`` on the model at the current fractional widths, with the
+    budget penalty added to the widths' gradients before the optimizer steps.
+
+    Settings: ``epochs`` of search over the training data; ``lr`` for the weights
+    (None: the evaluator's ``finetune_lr``, a tenth of a task recipe's) and ``bits_lr``
+    for the widths (Adam);
     ``init_bits`` the starting width (None: the uniform fractional width at which the
     relaxed cost meets the tightest budget, found by bisection); ``penalty_start`` and
     ``penalty_end`` the budget-penalty strength, scheduled geometrically over the steps;
-    ``batch_size`` (None: the recipe's); ``train_weights`` whether the weights learn too;
+    ``batch_size`` (None: the recipe's; a user's train_loader keeps its own);
+    ``train_weights`` whether the weights learn too;
     ``train_samples`` caps the training samples used per epoch (None: all);
     ``finetune_epochs`` of training at the final integer policy (its accuracy goes to
     ``result.info``); ``fill`` whether the projection spends leftover budget;
@@ -347,7 +354,7 @@ class FracBitsSearcher(BaseSearcher):
     """
 
     name = "fracbits"
-    needs = "evaluator"
+    needs = "trainable"
     granularities = ("layer", "kernel")
     description = "FracBits: fractional widths learned by gradient descent, projected exactly onto the budget"
     defaults = {
@@ -390,31 +397,16 @@ class FracBitsSearcher(BaseSearcher):
         if problems:
             raise SearcherSettingsError(f"searcher 'fracbits': {'; '.join(problems)}")
 
-    # --- the model behind the problem -----------------------------------------------
-    @staticmethod
-    def _task_of(problem):
-        task = getattr(problem.evaluator, "task", None)
-        if task is None:
-            raise SearcherSettingsError(
-                "searcher 'fracbits' trains the model: it needs a problem whose evaluator carries its task "
-                "(evaluator.task), as the problems built from a task (--task) do")
-        if isinstance(task, str):
-            from bitsearch.tasks import get_task
-
-            task = get_task(task)
-        return task
-
     def _search(self, problem, run: SearchRun):
         import torch
 
         space = problem.space
         if min(space.weight_bits) < 2 or (space.act_bits is not None and min(space.act_bits) < 2):
             raise SearcherSettingsError("searcher 'fracbits' quantizes symmetrically: widths must be >= 2 bits")
-        task = self._task_of(problem)
-        width_mult = problem.info.get("width_mult", getattr(problem.evaluator, "width_mult", 1.0))
+        evaluator = problem.evaluator
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
-            learned_w, learned_a, model, fq = self._learn(problem, run, task, width_mult, torch)
+            learned_w, learned_a, model, fq = self._learn(problem, run, evaluator, torch)
         policy, info = project_to_budget(problem, learned_w, learned_a, fill=self.settings["fill"],
                                          method=self.settings["projection"])
         run.info["projection"] = {k: v for k, v in info.items() if k != "weight_index"}
@@ -431,45 +423,35 @@ class FracBitsSearcher(BaseSearcher):
         if self.settings["finetune_epochs"] and not run.stopped:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(run.seed)
-                run.info["finetuned"] = self._finetune(problem, run, task, policy, model, fq, torch)
+                run.info["finetuned"] = self._finetune(problem, run, evaluator, policy, model, fq, torch)
         return policy
 
     # --- training -------------------------------------------------------------------
-    def _setup(self, problem, task, width_mult, torch):
+    def _setup(self, problem, evaluator, torch):
         from bitsearch.quant.fractional import FractionalQuantModel, calibrate_input_ranges
 
         space = problem.space
-        model = copy.deepcopy(task.trained_model(width_mult))
-        data = task.data()
+        model = copy.deepcopy(evaluator.model)
         names = space.names
         pins = space.pins
         needs_range = [layer.name for layer in space.layers
                        if (pins[layer.name].act_bits if layer.name in pins else space.act_bits) is not None]
-        calibration = getattr(problem.evaluator, "calibration", None)  # what the evaluator calibrates on
-        if not isinstance(calibration, torch.Tensor):
-            calibration = data.calibration
-        ranges = calibrate_input_ranges(model, needs_range, calibration) if needs_range else {}
+        ranges = calibrate_input_ranges(model, needs_range, evaluator.calibration) if needs_range else {}
         fq = FractionalQuantModel(model, names, space.weight_bits, space.act_bits, ranges)
-        return model, data, fq
+        return model, fq
 
-    def _batches(self, n, batch_size, generator, torch):
-        order = torch.randperm(n, generator=generator)
-        limit = self.settings["train_samples"]
-        if limit is not None:
-            order = order[:limit]
-        n = len(order)
-        batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
-        if len(batches) > 1 and len(batches[-1]) < 2:
-            batches.pop()
-        return batches
+    def _batches(self, evaluator, seed):
+        """The training batches, one pass per epoch (``batch_size`` and ``train_samples`` applied)."""
+        return evaluator.train_batches(seed, batch_size=self.settings["batch_size"],
+                                       samples=self.settings["train_samples"])
 
-    def _learn(self, problem, run, task, width_mult, torch):
-        import torch.nn.functional as F
+    def _learn(self, problem, run, evaluator, torch):
+        from bitsearch.training import HookedOptimizer, batch_size_of
 
         s = self.settings
         space = problem.space
         encoding = Encoding(space)
-        model, data, fq = self._setup(problem, task, width_mult, torch)
+        model, fq = self._setup(problem, evaluator, torch)
         relaxed = _RelaxedCost(problem, encoding, torch)
         wmin, wmax = float(min(space.weight_bits)), float(max(space.weight_bits))
         amin, amax = (float(min(space.act_bits)), float(max(space.act_bits))) if space.act_searched else (0, 0)
@@ -493,48 +475,45 @@ class FracBitsSearcher(BaseSearcher):
         weights = [p for p in model.parameters()] if s["train_weights"] else []
         for p in model.parameters():
             p.requires_grad_(bool(s["train_weights"]))
-        lr = s["lr"] if s["lr"] is not None else task.recipe.lr * 0.1
+        lr = s["lr"] if s["lr"] is not None else evaluator.finetune_lr
         opt_w = torch.optim.Adam(weights, lr=lr) if weights else None
         bit_params = [bits_w] + ([bits_a] if bits_a is not None else [])
         opt_b = torch.optim.Adam(bit_params, lr=s["bits_lr"])
 
-        batch_size = s["batch_size"] or task.recipe.batch_size
-        generator = torch.Generator().manual_seed(run.seed)
-        n = len(data.x_train)
-        steps_per_epoch = len(self._batches(n, batch_size, torch.Generator().manual_seed(0), torch))
-        total_steps = max(1, s["epochs"] * steps_per_epoch)
-        step = 0
+        batches = self._batches(evaluator, run.seed)
+        total_steps = max(1, s["epochs"] * len(batches))
+        state = {"step": 0, "penalty": 0.0}
+
+        def add_penalty():
+            """Before each optimizer step: the budget penalty's gradient on the widths."""
+            if problem.budgets:
+                strength = s["penalty_start"] * (s["penalty_end"] / s["penalty_start"]) ** (
+                    state["step"] / max(1, total_steps - 1))
+                penalty = strength * torch.abs(torch.max(relaxed.ratios(bits_w, bits_a)) - 1.0)
+                penalty.backward()
+                state["penalty"] = float(penalty.detach())
+
+        def clamp():
+            with torch.no_grad():
+                bits_w.clamp_(wmin, wmax)
+                if bits_a is not None:
+                    bits_a.clamp_(amin, amax)
+            state["step"] += 1
+
+        optimizer = HookedOptimizer([opt_w, opt_b], before_step=add_penalty, after_step=clamp)
+        relaxed_model = _modules()["relaxed"](fq, layout, bits_w, bits_a)
         model.train()
         epoch_seconds = []
         for epoch in range(s["epochs"]):
             started = time.perf_counter()
             loss_sum = task_sum = 0.0
             seen = 0
-            for index in self._batches(n, batch_size, generator, torch):
-                xb, yb = data.x_train[index], data.y_train[index]
-                strength = s["penalty_start"] * (s["penalty_end"] / s["penalty_start"]) ** (step / max(1, total_steps - 1))
-                wbits, abits = layout.bits(bits_w, bits_a)
-                logits = fq(xb, wbits, abits)
-                task_loss = F.cross_entropy(logits, yb)
-                ratios = relaxed.ratios(bits_w, bits_a)
-                loss = task_loss
-                if problem.budgets:
-                    loss = loss + strength * torch.abs(torch.max(ratios) - 1.0)
-                if opt_w is not None:
-                    opt_w.zero_grad(set_to_none=True)
-                opt_b.zero_grad(set_to_none=True)
-                loss.backward()
-                if opt_w is not None:
-                    opt_w.step()
-                opt_b.step()
-                with torch.no_grad():
-                    bits_w.clamp_(wmin, wmax)
-                    if bits_a is not None:
-                        bits_a.clamp_(amin, amax)
-                step += 1
-                loss_sum += float(loss.detach()) * len(index)
-                task_sum += float(task_loss.detach()) * len(index)
-                seen += len(index)
+            for batch in batches:
+                task_loss = evaluator.train_step(relaxed_model, batch, optimizer)
+                n = batch_size_of(batch)
+                loss_sum += (task_loss + state["penalty"]) * n
+                task_sum += task_loss * n
+                seen += n
             epoch_seconds.append(time.perf_counter() - started)
             with torch.no_grad():
                 ratios = relaxed.ratios(bits_w, bits_a).tolist()
@@ -553,42 +532,64 @@ class FracBitsSearcher(BaseSearcher):
         model.eval()
         return learned_w, learned_a, model, fq
 
-    def _finetune(self, problem, run, task, policy, model, fq, torch):
-        import torch.nn.functional as F
-
-        from bitsearch.tasks import evaluate_model
-
+    def _finetune(self, problem, run, evaluator, policy, model, fq, torch):
         s = self.settings
         bits = policy.as_dict()
         wbits = {name: (b.weight_bits if not b.per_kernel else tuple(b.weight_bits)) for name, b in bits.items()}
         abits = {name: b.act_bits for name, b in bits.items()}
         for p in model.parameters():
             p.requires_grad_(True)
-        lr = s["lr"] if s["lr"] is not None else task.recipe.lr * 0.1
+        lr = s["lr"] if s["lr"] is not None else evaluator.finetune_lr
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        data = task.data()
-        batch_size = s["batch_size"] or task.recipe.batch_size
-        generator = torch.Generator().manual_seed(run.seed + 1)
+        quantized = _modules()["fixed"](fq, wbits, abits)
+        batches = self._batches(evaluator, run.seed + 1)
         model.train()
         for epoch in range(s["finetune_epochs"]):
-            for index in self._batches(len(data.x_train), batch_size, generator, torch):
-                loss = F.cross_entropy(fq(data.x_train[index], wbits, abits), data.y_train[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            for batch in batches:
+                evaluator.train_step(quantized, batch, optimizer)
             run.emit("progress", step=epoch + 1, total=s["finetune_epochs"],
                      message=f"fine-tuning epoch {epoch + 1}/{s['finetune_epochs']}", phase="finetune")
             if run.stopped:
                 break
         model.eval()
+        metrics = evaluator.score_model(quantized.eval())
+        return {"epochs": s["finetune_epochs"], **metrics}
 
-        class _Quantized(torch.nn.Module):
+
+_MODULES: dict = {}
+
+
+def _modules():
+    """The two module wrappers (defined on first use: importing this module needs no torch)."""
+    if not _MODULES:
+        from torch import nn
+
+        class RelaxedModel(nn.Module):
+            """The model at the learned fractional widths, as a module (what ``train_step``
+            gets): its forward quantizes every layer at the widths' current values."""
+
+            def __init__(self, fq, layout, bits_w, bits_a):
+                super().__init__()
+                self.fq, self.layout, self.bits_w, self.bits_a = fq, layout, bits_w, bits_a
+                self.net = fq.model  # registered, so train() and eval() reach the model
+
             def forward(self, x):
-                return fq(x, wbits, abits)
+                wbits, abits = self.layout.bits(self.bits_w, self.bits_a)
+                return self.fq(x, wbits, abits)
 
-        with torch.no_grad():
-            metrics = evaluate_model(_Quantized(), data.x_test, data.y_test)
-        return {"epochs": s["finetune_epochs"], "top1": metrics["top1"], "loss": metrics["loss"]}
+        class FixedModel(nn.Module):
+            """The model at fixed integer widths through the fractional quantizer (fine-tuning)."""
+
+            def __init__(self, fq, wbits, abits):
+                super().__init__()
+                self.fq, self.wbits, self.abits = fq, wbits, abits
+                self.net = fq.model
+
+            def forward(self, x):
+                return self.fq(x, self.wbits, self.abits)
+
+        _MODULES.update(relaxed=RelaxedModel, fixed=FixedModel)
+    return _MODULES
 
 
 def _width_at_budget(relaxed, uniform, low, high, torch, iterations=50):

@@ -29,8 +29,10 @@ class UniformWidthSearcher(BaseSearcher):
     def check(self, problem):
         super().check(problem)
         if problem.at_width is None:
-            raise SearcherSettingsError("uniform-width needs a problem built from a task, whose model "
-                                        "can be rebuilt at a width multiplier")
+            raise SearcherSettingsError("searcher 'uniform-width' retrains the model at several width "
+                                        "multipliers: it needs a task whose model factory takes one (a built-in "
+                                        "task or a Task of your own); a trained model (problem_for_model, "
+                                        "--weights) cannot be rebuilt wider")
         mults = [float(m) for m in self.settings["width_mults"]]
         if not mults or any(m <= 0 for m in mults):
             raise SearcherSettingsError("uniform-width: width_mults must be positive numbers")

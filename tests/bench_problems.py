@@ -24,6 +24,7 @@ class TableAccuracy:
     """An evaluator: ``top1 = exp(-loss / scale)`` of the sensitivity table's loss."""
 
     metric = "top1"
+    higher_is_better = True
     metric_kind = "synthetic"
 
     def __init__(self, space, table, scale):

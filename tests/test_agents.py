@@ -122,6 +122,8 @@ def test_pinned_layers_stay_pinned():
 
 class CountingEvaluator:
     metric = "top1"
+    higher_is_better = True
+    metric_kind = "synthetic"
 
     def __init__(self):
         self.calls = 0

@@ -244,6 +244,8 @@ def test_deterministic_under_reset_seed(granularity, action_type):
 
 class CountingEvaluator:
     metric = "top1"
+    higher_is_better = True
+    metric_kind = "synthetic"
 
     def __init__(self, space):
         self.space = space

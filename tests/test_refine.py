@@ -23,6 +23,8 @@ class InteractionEvaluator:
     beats fc2 at 4 or 8 bits on mnist1d-cnn)."""
 
     metric = "top1"
+    higher_is_better = True
+    metric_kind = "synthetic"
 
     def __init__(self, space, table):
         self.space, self.table, self.calls = space, table, 0

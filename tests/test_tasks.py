@@ -508,7 +508,7 @@ def test_unknown_name_lists_the_builtins():
 @pytest.mark.parametrize("spec, error, match", [
     ("surely_no_such_module_xyz:make", UnknownTaskError, "no module named 'surely_no_such_module_xyz'"),
     ("task_factories:missing", UnknownTaskError, "has no attribute 'missing'"),
-    ("task_factories:not_a_task", TaskError, "returned int, expected bitsearch.tasks.Task"),
+    ("task_factories:not_a_task", TaskError, "returned int, expected a bitsearch.tasks.Task or a bitsearch.TrainedModel"),
     ("task_factories:raises", TaskError, "RuntimeError: the data server is down"),
     ("task_factories:NOT_CALLABLE", TaskError, "is a str"),
     ("a:b:c", UnknownTaskError, "does not parse"),

@@ -145,10 +145,11 @@ def quantize_activation_fractional(x: torch.Tensor, bits: torch.Tensor, choices:
     return (1.0 - frac) * q_lo + frac * q_hi
 
 
-def calibrate_input_ranges(model: nn.Module, names: Sequence[str], x: torch.Tensor,
+def calibrate_input_ranges(model: nn.Module, names: Sequence[str], x,
                            batch_size: int = 256) -> dict[str, tuple[float, float]]:
     """The (min, max) of the input of each named layer over the calibration inputs ``x``
-    (float model, eval mode, no gradient)."""
+    (a tensor, split into ``batch_size`` chunks, or an iterable of input batches; float
+    model, eval mode, no gradient)."""
     modules = dict(model.named_modules())
     ranges: dict[str, list[float]] = {}
     handles = []
@@ -169,8 +170,8 @@ def calibrate_input_ranges(model: nn.Module, names: Sequence[str], x: torch.Tens
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                model(x[start:start + batch_size])
+            for batch in (torch.split(x, batch_size) if isinstance(x, torch.Tensor) else x):
+                model(batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -12,7 +12,8 @@ is called.  Methods (see :mod:`bitsearch.sensitivity.estimators`):
 
 Results are cached on disk, under ``$BITSEARCH_CACHE/sensitivity`` (default
 ``~/.cache/bitsearch``), keyed by the model's trained weights, the space (layers,
-widths, granularity), the method and its settings.
+widths, granularity), the method and its settings -- for tasks, and for models whose
+evaluator names its weights (``cache_key``); other models' tables are computed afresh.
 """
 
 from __future__ import annotations
@@ -44,43 +45,71 @@ def _settings(method: str, samples, overrides: dict) -> dict:
     return settings
 
 
-def cache_path(task, space, method: str, *, width_mult: float = 1.0, seed: int = 0, **settings):
-    """Where :func:`estimate` keeps the table of these arguments."""
+def _source(source, width_mult: float):
+    """A model evaluator for ``source``: a task (or its name) at ``width_mult``, or a model
+    evaluator as it is (what :func:`bitsearch.problem_for_model` builds)."""
+    from ..errors import UserInputError
+    from ..problem import check_evaluator
+
+    if isinstance(source, str):
+        from ..tasks import get_task
+
+        source = get_task(source)
+    from ..tasks import Task
+
+    if isinstance(source, Task):
+        if source.shape_only:
+            raise UserInputError(f"task {source.name!r} is shape-only (no data, no trained weights), so "
+                                 f"sensitivities cannot be estimated on it; give a tabular problem (--problem FILE), "
+                                 f"weights and data (--weights FILE --data imagefolder:DIR), or pick a trainable "
+                                 f"task (bitsearch tasks)")
+        from ..evaluate import Evaluator
+
+        return Evaluator(source, width_mult=width_mult)
+    check_evaluator(source, "model", who="sensitivity estimation")
+    return source
+
+
+def cache_path(source, space, method: str, *, width_mult: float = 1.0, seed: int = 0, **settings):
+    """Where :func:`estimate` keeps the table of these arguments (None for a model whose
+    evaluator has no ``cache_key``: such tables are not cached on disk)."""
     from .._io import stable_hash
     from ..tasks.cache import cache_dir, safe_name
 
+    evaluator = _source(source, width_mult)
+    weights = evaluator.cache_key
+    if weights is None:
+        return None
     settings = _settings(method, settings.pop("samples", None), settings)
+    name = getattr(evaluator, "task", None)
+    name = name.name if name is not None else evaluator.model_name
     key = stable_hash({
-        "format": CACHE_FORMAT, "task": task.name, "weights": task.cache_key(width_mult),
+        "format": CACHE_FORMAT, "task": name, "weights": weights,
         "space": space.fingerprint, "granularity": space.granularity, "weight_bits": list(space.weight_bits),
         "act_bits": list(space.act_bits) if space.act_searched else None, "method": method,
         "settings": settings, "seed": int(seed)})
-    return cache_dir() / "sensitivity" / f"{safe_name(task.name)}-{method}-{key}.json"
+    return cache_dir() / "sensitivity" / f"{safe_name(name)}-{method}-{key}.json"
 
 
-def estimate(task, space, method: str = "hessian", *, width_mult: float = 1.0, samples: int | None = None,
+def estimate(source, space, method: str = "hessian", *, width_mult: float = 1.0, samples: int | None = None,
              seed: int = 0, cache: bool = True, **settings) -> SensitivityTable:
-    """The sensitivity table of ``task``'s trained model over ``space`` by ``method``.
+    """The sensitivity table of ``source``'s trained model over ``space`` by ``method``.
 
-    ``task``: a Task or a task name.  ``samples``: training samples used (default 512).
-    Method settings: ``probes`` (hessian, default 64), ``groups`` (empirical per kernel,
-    default 8), ``batch_size``.  ``cache``: read and write the on-disk cache.
+    ``source``: a Task, a task name, or a model evaluator (a task's
+    :class:`~bitsearch.evaluate.Evaluator`, or the :class:`~bitsearch.evaluate.ModelEvaluator`
+    of :func:`bitsearch.problem_for_model`: its calibration batches and loss are used).
+    ``samples``: samples used (default 512).  Method settings: ``probes`` (hessian,
+    default 64), ``groups`` (empirical per kernel, default 8), ``batch_size``.  ``cache``:
+    read and write the on-disk cache (only for sources with a ``cache_key``).
     """
     from ..errors import UserInputError
 
     if method not in METHODS:
         raise UserInputError(f"unknown sensitivity method {method!r}; methods: {', '.join(METHODS)}")
-    if isinstance(task, str):
-        from ..tasks import get_task
-
-        task = get_task(task)
-    if task.shape_only:
-        raise UserInputError(f"task {task.name!r} is shape-only (no data, no trained weights), so sensitivities "
-                             f"cannot be estimated on it; give a tabular problem (--problem FILE) or pick a "
-                             f"trainable task (bitsearch tasks)")
+    evaluator = _source(source, width_mult)
     settings = _settings(method, samples, settings)
-    path = cache_path(task, space, method, width_mult=width_mult, seed=seed, **settings)
-    if cache and path.exists():
+    path = cache_path(evaluator, space, method, width_mult=width_mult, seed=seed, **settings) if cache else None
+    if path is not None and path.exists():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             table = SensitivityTable.from_dict(data["table"])
@@ -90,12 +119,11 @@ def estimate(task, space, method: str = "hessian", *, width_mult: float = 1.0, s
             pass
     from .estimators import compute
 
-    model = task.trained_model(width_mult)
-    table = compute(model, space, task.data(), method, samples=settings["samples"], seed=seed, settings=settings)
-    if cache:
+    table = compute(evaluator, space, method, samples=settings["samples"], seed=seed, settings=settings)
+    if path is not None:
         from .._io import atomic_write_text
 
-        record = {"schema": "bitsearch-sensitivity-cache", "format": CACHE_FORMAT, "task": task.name,
+        record = {"schema": "bitsearch-sensitivity-cache", "format": CACHE_FORMAT, "model": evaluator.model_name,
                   "width_mult": width_mult, "space": space.fingerprint, "granularity": space.granularity,
                   "method": method, "settings": settings, "seed": seed, "table": table.to_dict()}
         try:

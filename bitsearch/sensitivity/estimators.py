@@ -38,23 +38,28 @@ When activations are searched, every method adds an activation table measured th
 empirical way (one layer's input quantized at ``a`` bits, weights in float); the
 activation Hessian is not estimated.
 
-All three use ``samples`` training samples (a seeded choice), evaluate the model in eval
-mode (batch norm with running statistics, no dropout), and are deterministic for a seed.
+All three use ``samples`` samples (for a task: a seeded choice of its training samples;
+for a model of your own: the first ``samples`` of its calibration loader), the evaluator's
+loss of a batch (cross-entropy on ``(x, y)`` batches unless you give ``loss``), evaluate
+the model in eval mode (batch norm with running statistics, no dropout), run on one CPU
+thread, and are deterministic for a seed.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from ..errors import UserInputError
 from ..space import SearchSpace
+from ..training import batch_inputs, batch_size_of, cross_entropy_loss
 from .table import SensitivityTable
+
+LossFn = Callable[[nn.Module, object], torch.Tensor]
 
 METHODS = ("hessian", "bitgrad", "empirical")
 DEFAULTS = {
@@ -104,13 +109,36 @@ def quantization_errors(weight: torch.Tensor, bits: Sequence[int]) -> np.ndarray
     return out
 
 
-def _mean_loss(model: nn.Module, batches, weights: Mapping[str, torch.Tensor] | None = None) -> float:
+class _LossOf(nn.Module):
+    """``loss(model, batch)`` as a module, so that ``functional_call`` can run it with some
+    of the model's weights replaced (``model.<name>`` keys)."""
+
+    def __init__(self, model: nn.Module, loss: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch):
+        return self.loss(self.model, batch)
+
+
+def loss_with(model: nn.Module, batch, loss: LossFn = cross_entropy_loss,
+              weights: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``loss(model, batch)``, with the tensors of ``weights`` (state-dict names) in place
+    of the model's own for this one call (the model is not modified)."""
+    if not weights:
+        return loss(model, batch)
+    return functional_call(_LossOf(model, loss), {f"model.{k}": v for k, v in weights.items()}, (batch,))
+
+
+def _mean_loss(model: nn.Module, batches, weights: Mapping[str, torch.Tensor] | None = None,
+               loss: LossFn = cross_entropy_loss) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
-        for xb, yb in batches:
-            logits = model(xb) if not weights else functional_call(model, dict(weights), (xb,))
-            total += float(F.cross_entropy(logits, yb, reduction="sum"))
-            count += len(yb)
+        for batch in batches:
+            n = batch_size_of(batch)
+            total += float(loss_with(model, batch, loss, weights)) * n
+            count += n
     return total / count
 
 
@@ -129,7 +157,7 @@ def _restore(state) -> None:
 
 # --- hessian ----------------------------------------------------------------------------------
 def hutchinson_traces(model: nn.Module, modules: Mapping[str, nn.Module], batches, *, probes: int,
-                      seed: int, with_variance: bool = False):
+                      seed: int, with_variance: bool = False, loss: LossFn = cross_entropy_loss):
     """Per layer, the Hutchinson estimate of the trace of each kernel's diagonal Hessian
     block of the mean training loss (the layer's trace is their sum).
 
@@ -140,15 +168,17 @@ def hutchinson_traces(model: nn.Module, modules: Mapping[str, nn.Module], batche
     frozen = _float_params(model)
     sums = {n: torch.zeros(modules[n].weight.shape[0], dtype=torch.float64) for n in names}
     variances = {n: torch.zeros(modules[n].weight.shape[0], dtype=torch.float64) for n in names}
-    total = sum(len(yb) for _, yb in batches)
+    sizes = [batch_size_of(batch) for batch in batches]
+    total = sum(sizes)
     generator = torch.Generator().manual_seed(int(seed))
+    loss_fn = loss
     try:
         for w in weights:
             w.requires_grad_(True)
-        for xb, yb in batches:
-            loss = F.cross_entropy(model(xb), yb)
+        for batch, size in zip(batches, sizes):
+            loss = loss_fn(model, batch)
             grads = torch.autograd.grad(loss, weights, create_graph=True)
-            share = len(yb) / total
+            share = size / total
             samples = {n: [] for n in names}
             for _ in range(probes):
                 vs = [torch.randint(0, 2, w.shape, generator=generator).to(w.dtype) * 2 - 1 for w in weights]
@@ -183,9 +213,11 @@ def shrink_kernel_traces(traces: np.ndarray, variances: np.ndarray) -> np.ndarra
     return mean + weight * (traces - mean)
 
 
-def hessian_table(model, space, batches, *, probes: int, seed: int) -> dict[str, np.ndarray]:
+def hessian_table(model, space, batches, *, probes: int, seed: int,
+                  loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
     modules = _modules(model, space)
-    traces, variances = hutchinson_traces(model, modules, batches, probes=probes, seed=seed, with_variance=True)
+    traces, variances = hutchinson_traces(model, modules, batches, probes=probes, seed=seed, with_variance=True,
+                                          loss=loss)
     out = {}
     for layer in space.layers:
         errors = quantization_errors(modules[layer.name].weight, space.weight_bits)
@@ -201,7 +233,8 @@ def hessian_table(model, space, batches, *, probes: int, seed: int) -> dict[str,
 
 
 # --- bitgrad ----------------------------------------------------------------------------------
-def bit_gradients(model, modules, batches, bits_grid: Sequence[int]) -> dict[str, np.ndarray]:
+def bit_gradients(model, modules, batches, bits_grid: Sequence[int],
+                  loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
     """Per layer, ``dL/db`` per kernel at each width of ``bits_grid`` but the last
     (shape ``(kernels, len(bits_grid) - 1)``), the layer relaxed alone.
 
@@ -212,7 +245,8 @@ def bit_gradients(model, modules, batches, bits_grid: Sequence[int]) -> dict[str
     from ..quant import fake_quantize_weight
 
     frozen = _float_params(model)
-    total = sum(len(yb) for _, yb in batches)
+    sizes = [batch_size_of(batch) for batch in batches]
+    total = sum(sizes)
     out = {}
     try:
         for name, module in modules.items():
@@ -224,10 +258,9 @@ def bit_gradients(model, modules, batches, bits_grid: Sequence[int]) -> dict[str
                 wq = quantized[j].clone().requires_grad_(True)
                 step = quantized[j + 1] - quantized[j]
                 accumulated = torch.zeros_like(wq, dtype=torch.float64)
-                for xb, yb in batches:
-                    logits = functional_call(model, {f"{name}.weight": wq}, (xb,))
-                    loss = F.cross_entropy(logits, yb, reduction="sum") / total
-                    (g,) = torch.autograd.grad(loss, wq)
+                for batch, size in zip(batches, sizes):
+                    value = loss_with(model, batch, loss, {f"{name}.weight": wq}) * (size / total)
+                    (g,) = torch.autograd.grad(value, wq)
                     accumulated += g.double()
                 grads[:, j] = (accumulated * step.double()).reshape(w.shape[0], -1).sum(dim=1).numpy()
             out[name] = grads
@@ -236,11 +269,11 @@ def bit_gradients(model, modules, batches, bits_grid: Sequence[int]) -> dict[str
     return out
 
 
-def bitgrad_table(model, space, batches) -> dict[str, np.ndarray]:
+def bitgrad_table(model, space, batches, loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
     modules = _modules(model, space)
     low, high = min(space.weight_bits), max(space.weight_bits)
     grid = list(range(low, high + 1))
-    grads = bit_gradients(model, modules, batches, grid)
+    grads = bit_gradients(model, modules, batches, grid, loss)
     out = {}
     for layer in space.layers:
         saved = np.maximum(-grads[layer.name], 0.0)             # loss saved by bit c+1, per kernel
@@ -252,11 +285,12 @@ def bitgrad_table(model, space, batches) -> dict[str, np.ndarray]:
 
 
 # --- empirical --------------------------------------------------------------------------------
-def empirical_table(model, space, batches, *, groups: int) -> dict[str, np.ndarray]:
+def empirical_table(model, space, batches, *, groups: int,
+                    loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
     from ..quant import fake_quantize_weight
 
     modules = _modules(model, space)
-    base = _mean_loss(model, batches)
+    base = _mean_loss(model, batches, loss=loss)
     out = {}
     for layer in space.layers:
         w = modules[layer.name].weight.detach()
@@ -267,7 +301,7 @@ def empirical_table(model, space, batches, *, groups: int) -> dict[str, np.ndarr
             for b in space.weight_bits:
                 with torch.no_grad():
                     wq = fake_quantize_weight(w, int(b))
-                row.append(max(0.0, _mean_loss(model, batches, {key: wq}) - base))
+                row.append(max(0.0, _mean_loss(model, batches, {key: wq}, loss) - base))
             out[layer.name] = np.array([row])
             continue
         n_groups = max(1, min(int(groups), layer.kernels))
@@ -283,7 +317,7 @@ def empirical_table(model, space, batches, *, groups: int) -> dict[str, np.ndarr
                 with torch.no_grad():
                     wq = w.clone()
                     wq[lo:hi] = wq_all[lo:hi]
-                increase = max(0.0, _mean_loss(model, batches, {key: wq}) - base)
+                increase = max(0.0, _mean_loss(model, batches, {key: wq}, loss) - base)
                 share = errors[lo:hi, j]
                 total = share.sum()
                 table[lo:hi, j] = increase * (share / total if total > 0 else 1.0 / (hi - lo))
@@ -291,7 +325,17 @@ def empirical_table(model, space, batches, *, groups: int) -> dict[str, np.ndarr
     return out
 
 
-def activation_table(model, space, batches, calibration: torch.Tensor) -> dict[str, np.ndarray]:
+def _calibration_inputs(calibration):
+    """Model inputs from ``calibration``: a tensor (in chunks of 256) or an iterable of
+    batches (tensors, or tuples whose first item is the input)."""
+    if isinstance(calibration, torch.Tensor):
+        yield from torch.split(calibration, 256)
+        return
+    for batch in calibration:
+        yield batch_inputs(batch) if isinstance(batch, (tuple, list)) else batch
+
+
+def activation_table(model, space, batches, calibration, loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
     """Per layer, the loss increase with that layer's input alone quantized at each
     activation width (weights float).  Ranges are the min/max of each layer's input over
     ``calibration`` (the float model), quantized as :mod:`bitsearch.quant` does
@@ -312,12 +356,12 @@ def activation_table(model, space, batches, calibration: torch.Tensor) -> dict[s
     handles = [modules[n].register_forward_pre_hook(observer(n)) for n in modules]
     try:
         with torch.no_grad():
-            for start in range(0, len(calibration), 256):
-                model(calibration[start:start + 256])
+            for inputs in _calibration_inputs(calibration):
+                model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    base = _mean_loss(model, batches)
+    base = _mean_loss(model, batches, loss=loss)
     out = {}
     for layer in space.layers:
         low, high = ranges[layer.name]
@@ -330,7 +374,7 @@ def activation_table(model, space, batches, calibration: torch.Tensor) -> dict[s
 
             handle = modules[layer.name].register_forward_pre_hook(quantize_input)
             try:
-                row.append(max(0.0, _mean_loss(model, batches) - base))
+                row.append(max(0.0, _mean_loss(model, batches, loss=loss) - base))
             finally:
                 handle.remove()
         out[layer.name] = np.array(row)
@@ -338,26 +382,33 @@ def activation_table(model, space, batches, calibration: torch.Tensor) -> dict[s
 
 
 # --- the entry point --------------------------------------------------------------------------
-def compute(model: nn.Module, space: SearchSpace, data, method: str, *, samples: int, seed: int,
+def compute(source, space: SearchSpace, method: str, *, samples: int, seed: int,
             settings: Mapping) -> SensitivityTable:
-    """The table of ``method`` for ``model`` (trained float weights) on ``data`` (TaskData)."""
+    """The table of ``method`` for ``source``'s trained float model: a model evaluator
+    (:class:`bitsearch.problem.ModelEvaluator`: its ``model``, ``loss``,
+    ``sensitivity_batches`` and ``calibration``), on one CPU thread."""
+    from ..evaluate import single_thread
+
     if method not in METHODS:
         raise UserInputError(f"unknown sensitivity method {method!r}; methods: {', '.join(METHODS)}")
+    model = source.model
     model.eval()
+    loss = source.loss
     batch_size = int(settings.get("batch_size", DEFAULTS[method]["batch_size"]))
-    batches = sample_batches(data.x_train, data.y_train, int(samples), batch_size, seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        if method == "hessian":
-            weight = hessian_table(model, space, batches, probes=int(settings.get("probes", DEFAULTS["hessian"]["probes"])),
-                                   seed=seed)
-        elif method == "bitgrad":
-            weight = bitgrad_table(model, space, batches)
-        else:
-            weight = empirical_table(model, space, batches,
-                                     groups=int(settings.get("groups", DEFAULTS["empirical"]["groups"])))
-        act = {}
-        if space.act_searched:
-            act = activation_table(model, space, batches, data.calibration)
+    with single_thread():
+        batches = source.sensitivity_batches(int(samples), batch_size, int(seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            if method == "hessian":
+                weight = hessian_table(model, space, batches, seed=seed, loss=loss,
+                                       probes=int(settings.get("probes", DEFAULTS["hessian"]["probes"])))
+            elif method == "bitgrad":
+                weight = bitgrad_table(model, space, batches, loss)
+            else:
+                weight = empirical_table(model, space, batches, loss=loss,
+                                         groups=int(settings.get("groups", DEFAULTS["empirical"]["groups"])))
+            act = {}
+            if space.act_searched:
+                act = activation_table(model, space, batches, source.calibration, loss)
     return SensitivityTable(space.weight_bits, weight, space.act_bits if space.act_searched else (), act,
                             method=method)

@@ -15,7 +15,7 @@ and generated data are cached under ``$BITSEARCH_CACHE`` (default ``~/.cache/bit
 
 from .base import Task, TaskData, TrainRecipe, evaluate_model, scale_width, train_model
 from .cache import cache_dir
-from .registry import BUILTIN_TASKS, get_task, list_tasks
+from .registry import BUILTIN_TASKS, get_source, get_task, list_tasks
 
-__all__ = ["Task", "TaskData", "TrainRecipe", "evaluate_model", "get_task", "list_tasks", "scale_width",
+__all__ = ["Task", "TaskData", "TrainRecipe", "evaluate_model", "get_source", "get_task", "list_tasks", "scale_width",
            "train_model", "cache_dir", "BUILTIN_TASKS"]

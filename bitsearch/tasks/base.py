@@ -23,6 +23,7 @@ from ..errors import TaskError
 from .._io import atomic_write, stable_hash
 from ..progress import Bar
 from .cache import cache_dir, file_lock, safe_name
+from ..training import model_device
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +155,6 @@ class TaskData:
         return int(max(int(self.y_train.max()), int(self.y_test.max()))) + 1
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict:
     """Top-1 accuracy (a fraction in [0, 1]) and mean cross-entropy of ``model`` on
     ``(x, y)``, in eval mode and without gradients.  The model's train/eval mode is
@@ -171,7 +164,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
                         f"and {len(y)} labels")
     if batch_size < 1:
         raise TaskError(f"batch_size must be >= 1, got {batch_size}")
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     correct = 0
@@ -213,7 +206,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Trai
         return model.eval()
     if not params:
         raise TaskError("the model has no parameter that requires grad: nothing to train")
-    device = _model_device(model)
+    device = model_device(model)
     n = len(x)
     batch_size = min(recipe.batch_size, n)
     batches = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]

@@ -1,4 +1,8 @@
-"""Finding a task by name: the built-ins, or a user's ``package.module:factory``."""
+"""Finding a task by name: the built-ins, or a user's ``package.module:factory``.
+
+A user factory returns either a :class:`Task` (a model factory, data and a recipe) or a
+:class:`bitsearch.TrainedModel` (a trained model with its loaders and metric).
+:func:`get_source` accepts both; :func:`get_task` only a Task."""
 
 from __future__ import annotations
 
@@ -52,6 +56,17 @@ def get_task(name: str) -> Task:
     that already is a Task is accepted as it is).  A name that is neither raises
     :class:`UnknownTaskError`; a factory that fails or returns something else raises
     :class:`TaskError`.  Both carry one readable line."""
+    source = get_source(name)
+    if not isinstance(source, Task):
+        raise TaskError(f"task {name!r}: the factory returned a trained model (TrainedModel), not a Task; this "
+                        "needs a Task (a model factory, data and a recipe), see docs/tasks.md")
+    return source
+
+
+def get_source(name: str):
+    """What ``--task NAME`` names: a built-in :class:`Task`, or what a user's
+    ``package.module:factory`` returns -- a :class:`Task` or a
+    :class:`bitsearch.TrainedModel` (errors as :func:`get_task`'s)."""
     if not isinstance(name, str) or not name.strip():
         raise UnknownTaskError(f"no task name given; built-in tasks: {_known()}; "
                                "or a user task as package.module:factory")
@@ -97,7 +112,7 @@ def _import_user_module(spec: str, module_name: str):
                            f"working directory or on PYTHONPATH?); built-in tasks: {_known()}")
 
 
-def _user_task(spec: str) -> Task:
+def _user_task(spec: str):
     module_name, _, factory_name = spec.rpartition(":")
     if not module_name or not factory_name or ":" in module_name:
         raise UnknownTaskError(f"task {spec!r} does not parse: expected package.module:factory (e.g. "
@@ -114,18 +129,20 @@ def _user_task(spec: str) -> Task:
             raise UnknownTaskError(f"task {spec!r}: module {module_name!r} has no attribute {factory_name!r}; "
                                    f"built-in tasks: {_known()}")
         target = getattr(target, part)
-    if isinstance(target, Task):
+    from ..build import TrainedModel
+
+    if isinstance(target, (Task, TrainedModel)):
         return target
     if not callable(target):
         raise TaskError(f"task {spec!r}: {factory_name!r} is a {type(target).__name__}, expected a function "
-                        "returning bitsearch.tasks.Task")
+                        "returning a bitsearch.tasks.Task or a bitsearch.TrainedModel")
     try:
         task = target()
     except UserInputError:
         raise
     except Exception as exc:
         raise TaskError(f"task {spec!r}: the factory raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(task, Task):
-        raise TaskError(f"task {spec!r}: the factory returned {type(task).__name__}, expected "
-                        "bitsearch.tasks.Task (see docs/tasks.md)")
+    if not isinstance(task, (Task, TrainedModel)):
+        raise TaskError(f"task {spec!r}: the factory returned {type(task).__name__}, expected a "
+                        "bitsearch.tasks.Task or a bitsearch.TrainedModel (see docs/tasks.md)")
     return task

@@ -1,0 +1,296 @@
+"""Your own trained model: a CNN trained with plain torch outside bitsearch, its weights
+saved and loaded back, data read from a folder of PNG files through torchvision's
+ImageFolder and a DataLoader, a metric of your own -- and every searcher runs on it."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import bitsearch  # noqa: E402
+from bitsearch.errors import SearcherSettingsError, UserInputError  # noqa: E402
+from bitsearch.evaluate import ModelEvaluator, classification_metrics  # noqa: E402
+from bitsearch.policy import Policy  # noqa: E402
+from bitsearch.problem import Problem, TrainableEvaluator, missing_members  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIDE = 12
+CLASSES = ("diagonal", "horizontal", "vertical")  # sorted, as ImageFolder numbers its folders
+
+
+def bars(n: int, seed: int):
+    """``n`` 12x12 grey images of a horizontal, vertical or diagonal bar in noise, and their labels."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % len(CLASSES)
+    x = 0.25 * torch.rand(n, 1, SIDE, SIDE, generator=generator)
+    where = torch.randint(2, SIDE - 2, (n,), generator=generator)
+    for i in range(n):
+        p = int(where[i])
+        if CLASSES[int(y[i])] == "horizontal":
+            x[i, 0, p - 1:p + 1, :] += 0.7
+        elif CLASSES[int(y[i])] == "vertical":
+            x[i, 0, :, p - 1:p + 1] += 0.7
+        else:
+            idx = torch.arange(SIDE)
+            x[i, 0, idx, (idx + p) % SIDE] += 0.7
+    return x.clamp(0, 1), y
+
+
+class BarNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16 * 6 * 6, len(CLASSES))
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.flatten(1))
+
+
+def write_image_folder(root, x, y):
+    """The images as PNG files in ``root/<class>/<i>.png`` (what torchvision's ImageFolder reads)."""
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(x, y)):
+        folder = root / CLASSES[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image[0] * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(pixels, mode="L").save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    """What a user arrives with: a state_dict trained outside bitsearch, and image folders."""
+    root = tmp_path_factory.mktemp("own-model")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = BarNet()
+        x, y = bars(600, seed=1)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(8):
+            for start in range(0, len(x), 50):
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model(x[start:start + 50]), y[start:start + 50])
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    torch.save(model.state_dict(), root / "barnet.pt")
+    write_image_folder(root / "train", *bars(90, seed=2))
+    write_image_folder(root / "test", *bars(60, seed=3))
+    return root
+
+
+def loaders(root):
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.Grayscale(), transforms.ToTensor()])
+    train = datasets.ImageFolder(str(root / "train"), transform=transform)
+    test = datasets.ImageFolder(str(root / "test"), transform=transform)
+    return (DataLoader(train, batch_size=16, shuffle=False), DataLoader(test, batch_size=32, shuffle=False))
+
+
+def trained_model(root):
+    model = BarNet()
+    model.load_state_dict(torch.load(root / "barnet.pt", weights_only=True))
+    return model.eval()
+
+
+def my_evaluate(test_loader):
+    """A metric of the user's own: accuracy in percent, and the error count."""
+
+    def evaluate(model):
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in test_loader:
+                correct += int((model(x).argmax(1) == y).sum())
+                total += len(y)
+        return {"accuracy": 100.0 * correct / total, "errors": total - correct}
+
+    return evaluate
+
+
+@pytest.fixture(scope="module")
+def problem(user_files):
+    train_loader, test_loader = loaders(user_files)
+    return bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+        evaluate=my_evaluate(test_loader), metric="accuracy", higher_is_better=True, train_loader=train_loader,
+        space=bitsearch.SpaceOptions(weight_bits=(2, 3, 4, 8)), budgets=["size=3bit"], name="barnet")
+
+
+def test_the_user_model_learned_its_task(problem):
+    float_metrics = problem.evaluator.float_metrics()
+    assert float_metrics["accuracy"] > 90.0
+    assert problem.space.names == ("conv1", "conv2", "fc")
+    assert problem.space.model_name == "barnet"
+    assert isinstance(problem.evaluator, TrainableEvaluator)
+    assert not missing_members(problem.evaluator, TrainableEvaluator)
+
+
+def test_the_model_is_left_untouched(user_files, problem):
+    reference = trained_model(user_files).state_dict()
+    problem.evaluate(Policy.uniform(problem.space, 2))
+    assert all(torch.equal(reference[k], v) for k, v in problem.evaluator.model.state_dict().items())
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("uniform", {}),
+    ("ilp", {}),
+    ("fracbits", {"epochs": 1}),
+    ("haq", {"episodes": 12, "warmup": 4}),
+    ("autoq", {"episodes": 8, "warmup": 4}),
+])
+def test_every_searcher_runs_on_a_model_you_bring(problem, name, settings):
+    result = bitsearch.searchers.create(name, **settings).search(problem, seed=0)
+    assert problem.fits(result.policy)
+    assert set(result.metrics) >= {"accuracy", "errors"}
+    assert result.score == result.metrics["accuracy"]
+    saved = result.policy.to_dict()
+    assert saved["model"]["name"] == "barnet" and saved["metrics"]["accuracy"] == result.metrics["accuracy"]
+    assert saved["metrics"]["metric_kind"] == "ptq"
+
+
+def test_ilp_estimates_its_table_on_the_calibration_batches(user_files):
+    train_loader, test_loader = loaders(user_files)
+    problem = bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+        evaluate=my_evaluate(test_loader), metric="accuracy", space=bitsearch.SpaceOptions(weight_bits=(2, 4, 8)),
+        budgets=["size=3bit"], sensitivity="hessian", sensitivity_settings={"probes": 4, "samples": 40})
+    assert problem.sensitivity is not None and problem.sensitivity.method == "hessian"
+    again = bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+        evaluate=my_evaluate(test_loader), metric="accuracy", space=bitsearch.SpaceOptions(weight_bits=(2, 4, 8)),
+        budgets=["size=3bit"], sensitivity="hessian", sensitivity_settings={"probes": 4, "samples": 40})
+    assert again.sensitivity.to_dict() == problem.sensitivity.to_dict()  # deterministic
+
+
+def test_a_lower_is_better_metric_is_minimised(user_files):
+    train_loader, test_loader = loaders(user_files)
+    problem = bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+        evaluate=classification_metrics(test_loader), metric="loss", higher_is_better=False,
+        space=bitsearch.SpaceOptions(weight_bits=(2, 3, 8)), budgets=["size=3bit"])
+    assert problem.objective == "loss" and not problem.higher_is_better
+    exhaustive = bitsearch.searchers.create("exhaustive").search(problem, seed=0)
+    losses = [e.metrics["loss"] for e in exhaustive.history]
+    assert exhaustive.metrics["loss"] == min(losses)
+    assert exhaustive.score == -exhaustive.metrics["loss"]
+    assert exhaustive.metrics["loss"] < max(losses)
+    for name, settings in (("random", {"samples": 6}), ("haq", {"episodes": 10, "warmup": 4})):
+        result = bitsearch.searchers.create(name, **settings).search(problem, seed=0)
+        assert result.metrics["loss"] == min(e.metrics["loss"] for e in result.history)
+
+
+def test_a_metric_the_evaluator_does_not_return_is_one_line(user_files):
+    train_loader, test_loader = loaders(user_files)
+    problem = bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+        evaluate=my_evaluate(test_loader), metric="top1", budgets=["size=4bit"])
+    with pytest.raises(UserInputError, match=r"metric 'top1' is not a key evaluate returns \(it returns "
+                                             r"accuracy, errors\)") as info:
+        bitsearch.searchers.create("uniform").search(problem, seed=0)
+    assert "\n" not in str(info.value)
+
+
+def test_training_searchers_say_what_they_need(user_files):
+    _, test_loader = loaders(user_files)
+    no_training = bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=test_loader,
+        evaluate=my_evaluate(test_loader), metric="accuracy", budgets=["size=4bit"])
+    for name in ("fracbits", "bmpq"):
+        with pytest.raises(SearcherSettingsError, match=rf"searcher '{name}' trains the model: it needs training "
+                                                        r"batches .*train_loader=.*a model without training data"):
+            bitsearch.searchers.create(name).search(no_training, seed=0)
+    with pytest.raises(SearcherSettingsError, match="uniform-width' retrains the model at several width"):
+        bitsearch.searchers.create("uniform-width").search(no_training, seed=0)
+    no_metric = bitsearch.problem_for_model(trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE),
+                                            budgets=["size=4bit"])
+    with pytest.raises(SearcherSettingsError, match="needs something to optimise: .*evaluate="):
+        bitsearch.searchers.create("random").search(no_metric, seed=0)
+    with pytest.raises(SearcherSettingsError, match="needs a sensitivity table"):
+        bitsearch.searchers.create("ilp").search(no_metric, seed=0)
+
+
+def test_a_custom_train_step_and_loss_are_used(user_files):
+    train_loader, test_loader = loaders(user_files)
+    calls = {"step": 0, "loss": 0}
+
+    def loss(model, batch):
+        calls["loss"] += 1
+        x, y = batch
+        return nn.functional.cross_entropy(model(x), y, label_smoothing=0.1)
+
+    def train_step(model, batch, optimizer):
+        calls["step"] += 1
+        optimizer.zero_grad()
+        value = loss(model, batch)
+        value.backward()
+        optimizer.step()
+        return value
+
+    problem = bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+        evaluate=my_evaluate(test_loader), metric="accuracy", loss=loss, train_loader=train_loader,
+        train_step=train_step, space=bitsearch.SpaceOptions(weight_bits=(2, 4, 8)), budgets=["size=3bit"])
+    result = bitsearch.searchers.create("fracbits", epochs=1).search(problem, seed=0)
+    assert calls["step"] == len(train_loader)  # one pass of the user's loader, through the user's step
+    assert problem.fits(result.policy)
+    bitsearch.searchers.create("bmpq", epochs=1, samples=32).search(problem, seed=0)
+    assert calls["loss"] > calls["step"]  # the bit-gradient table used the user's loss
+
+
+def test_fine_tuned_scoring_uses_the_train_loader(user_files):
+    train_loader, test_loader = loaders(user_files)
+    ptq = bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+        evaluate=classification_metrics(test_loader), train_loader=train_loader, budgets=["size=2bit"],
+        space=bitsearch.SpaceOptions(weight_bits=(2, 8)))
+    tuned = bitsearch.problem_for_model(
+        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+        evaluate=classification_metrics(test_loader), train_loader=train_loader, budgets=["size=2bit"],
+        space=bitsearch.SpaceOptions(weight_bits=(2, 8)), finetune_epochs=3, finetune_lr=3e-3)
+    policy = Policy.uniform(ptq.space, 2)
+    assert tuned.evaluator.metric_kind == "ptq+ft3"
+    assert tuned.evaluate(policy)["loss"] < ptq.evaluate(policy)["loss"]
+
+
+def test_bad_arguments_are_one_line(user_files):
+    with pytest.raises(UserInputError, match="model must be a torch.nn.Module"):
+        ModelEvaluator("not a model", torch.zeros(1), evaluate=lambda m: {})
+    with pytest.raises(UserInputError, match="finetune_epochs=2 needs a train_loader"):
+        ModelEvaluator(BarNet(), torch.zeros(1), evaluate=lambda m: {}, finetune_epochs=2)
+    with pytest.raises(UserInputError, match="one-shot iterator"):
+        ModelEvaluator(BarNet(), torch.zeros(1), evaluate=lambda m: {}, train_loader=iter([]))
+
+
+class HalfAnEvaluator:
+    metric = "top1"
+
+    def evaluate(self, policy):
+        return {"top1": 1.0}
+
+
+def test_an_evaluator_names_what_it_lacks():
+    from helpers import small_space
+
+    with pytest.raises(UserInputError, match=r"lacks higher_is_better, metric_kind .*bitsearch.problem.Evaluator"):
+        Problem.build(small_space(), ["size=4bit"], evaluator=HalfAnEvaluator())
+
+
+def test_problem_for_model_keeps_bitsearch_import_light():
+    import subprocess
+    import sys
+
+    code = "import bitsearch, sys; bitsearch.problem_for_model; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert math.isfinite(1.0)
