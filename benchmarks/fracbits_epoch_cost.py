@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,10 +21,30 @@ import torch
 from bitsearch.build import ProblemOptions, SpaceOptions, problem_for_task
 from bitsearch.solvers.fracbits import FracBitsSearcher
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fracbits_mnist1d import float_epoch_seconds  # noqa: E402
-
 OUT = Path(__file__).parent / "results" / "fracbits_epoch_cost.json"
+
+
+def float_epoch_seconds(task, repeats=2):
+    """Seconds of one float training epoch of the task's model (its recipe's batch size, Adam)."""
+    import torch.nn.functional as F
+
+    data = task.data()
+    model = task.trained_model()
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    n, batch = len(data.x_train), task.recipe.batch_size
+    times = []
+    for r in range(repeats):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(r))
+        start = time.perf_counter()
+        for s in range(0, n, batch):
+            index = order[s:s + batch]
+            loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def main(argv=None):

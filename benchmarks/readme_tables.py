@@ -3,8 +3,8 @@
     python benchmarks/readme_tables.py [--check]
 
 Replaces the block between ``<!-- bench-tables -->`` and ``<!-- /bench-tables -->`` in
-README.md with the main table of each suite in ``SUITES`` (``python -m bitsearch.bench
-table``), rendered from ``benchmarks/results/<suite>/results.json``.  ``--check`` changes
+README.md with the main table of each suite in ``SUITES`` (what ``bitsearch bench table
+benchmarks/results/<suite>`` prints), rendered from ``benchmarks/results/<suite>/results.json``.  ``--check`` changes
 nothing and exits 1 when the README's block differs from what the results give (a test
 runs it).
 """
@@ -76,7 +76,9 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    path.write_text(new, encoding="utf-8")
+    from bitsearch._io import atomic_write_text
+
+    atomic_write_text(path, new)
     return 0
 
 

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from . import schemas
 from ._io import atomic_write_text, dumps
 from .budget import parse_budget
 from .cost import ANALYTIC, LatencyTableCost, TableCost
@@ -54,7 +55,7 @@ _LAYER_FACTS = ("kind", "macs", "kernels", "bias_params", "in_channels", "out_ch
 
 def schema_path() -> Path:
     """The JSON Schema of tabular problem files, shipped in the package."""
-    return Path(__file__).parent / "schemas" / "problem.schema.json"
+    return schemas.schema_path("problem")
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
         if cost not in cost_names and cost != "size":
             problems.append(f"cost_units names {cost!r}, which no layer's 'costs' gives")
     if problems:
-        raise ProblemFileError(_join(source, problems))
+        raise ProblemFileError(schemas.join(source, problems))
 
     model = data.get("model", {})
     pinned = tuple((n, Pin(int(p["weight_bits"]), p.get("act_bits"))) for n, p in pinned_raw.items())
@@ -221,47 +222,9 @@ def _check_schema(data: Any, source: str) -> None:
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ProblemFileError(f"{source}: 'schema_version' {data.get('schema_version')!r} is not supported "
                                f"(this bitsearch reads version {SCHEMA_VERSION})")
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(json.loads(schema_path().read_text(encoding="utf-8")))
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.message))
-    if errors:
-        raise ProblemFileError(_join(source, [_describe(e, data) for e in errors]))
-
-
-def _describe(error, data) -> str:
-    path = _path_text(error.absolute_path, data)
-    message = error.message
-    if error.validator == "additionalProperties":
-        message = message.replace("Additional properties are not allowed", "unknown fields")
-    elif error.validator == "oneOf":
-        message = f"{error.instance!r} is not a valid value"
-    elif error.validator == "required":
-        message = message.replace("is a required property", "is missing")
-    return f"{path}: {message}" if path else message
-
-
-def _path_text(path, data) -> str:
-    out, node = "", data
-    for part in path:
-        if isinstance(part, int):
-            name = node[part].get("name") if isinstance(node, list) and isinstance(node[part], Mapping) else None
-            out += f"[{part}]" + (f" ({name})" if name else "")
-        else:
-            out += ("." if out else "") + str(part)
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            node = None
-    return out
-
-
-def _join(source: str, problems: list[str]) -> str:
-    if len(problems) == 1:
-        return f"{source}: {problems[0]}"
-    shown = "; ".join(problems[:8])
-    more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
-    return f"{source}: {len(problems)} problems: {shown}{more}"
+    found = schemas.problems(data, "problem")
+    if found:
+        raise ProblemFileError(schemas.join(source, found))
 
 
 # --- writing --------------------------------------------------------------------------------

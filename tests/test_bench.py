@@ -74,10 +74,10 @@ def test_suite_parses_and_plans(tmp_path):
     runs = plan_runs(suite)
     # uniform and exhaustive are deterministic: once per budget; random once per seed
     assert len(runs) == 3 * (1 + 3 + 1)
-    assert len({r["key"] for r in runs}) == len(runs)
+    assert len({r.key for r in runs}) == len(runs)
     # keys are stable: the same suite plans the same keys
-    assert [r["key"] for r in plan_runs(load_suite(tmp_path / "suite.toml"))] == [r["key"] for r in runs]
-    assert {r["label"] for r in plan_runs(suite, only=["random"])} == {"random", "exhaustive"}
+    assert [r.key for r in plan_runs(load_suite(tmp_path / "suite.toml"))] == [r.key for r in runs]
+    assert {r.label for r in plan_runs(suite, only=["random"])} == {"random", "exhaustive"}
 
 
 BASE = {"problem": "bench_problems:synthetic", "seeds": [0, 1, 2], "budgets": ["size=3bit"],
@@ -212,9 +212,9 @@ def test_a_tabular_problem_file_is_a_suite_problem(tmp_path):
         assert row["regret_mean"] >= 0, row  # lower is better: regret = searcher - oracle
     assert "problem file" in (tmp_path / "out" / "report.md").read_text()
     # a changed file is another problem: its runs get new keys
-    before = {r["key"] for r in plan_runs(load_suite(suite))}
+    before = {r.key for r in plan_runs(load_suite(suite))}
     write_problem(small_problem((), seed=1), tmp_path / "small.json")
-    assert not before & {r["key"] for r in plan_runs(load_suite(suite))}
+    assert not before & {r.key for r in plan_runs(load_suite(suite))}
     with pytest.raises(UserInputError, match="sets its own widths"):
         parse_suite({**BASE, "problem": str(tmp_path / "small.json"), "space": {"weight_bits": [2, 4]}}, "s.toml")
 
@@ -245,7 +245,7 @@ def test_table_fills_a_readme_block(tmp_path):
     run_bench(synthetic_suite(tmp_path), tmp_path / "out", progress=False, plots=False)
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- bench-table:synthetic -->\nold\n<!-- /bench-table:synthetic -->\ntail\n")
-    proc = subprocess.run([sys.executable, "-m", "bitsearch.bench", "table", str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "bitsearch.cli", "bench", "table", str(tmp_path / "out"),
                            "--readme", str(readme)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     text = readme.read_text()

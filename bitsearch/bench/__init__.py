@@ -42,15 +42,15 @@ from ..errors import UserInputError
 from ..journal import Journal
 from ..progress import Bar, SearchProgress, progress_enabled
 from .backends import choose_backend
-from .execute import TIMING_FIELDS, clear_problem_cache, pareto_front
-from .plan import make_units, plan_runs, policy_path
+from .execute import TIMING_FIELDS, ProblemCache, pareto_front
+from .plan import ProblemSpec, Run, Unit, make_units, plan_runs, policy_path
 from .report import (SCHEMA, SCHEMA_VERSION, collect_results, load_results, render_report, render_table,
                      replace_readme_block)
-from .suite import SUITE_FORMAT, Suite, load_suite, parse_suite
+from .suite import Suite, load_suite, parse_suite, suite_format
 
-__all__ = ["SUITE_FORMAT", "TIMING_FIELDS", "JOURNAL_NAME", "Suite", "BenchOutcome", "load_suite", "parse_suite",
-           "plan_runs", "run_bench", "rerender", "load_results", "render_table", "replace_readme_block",
-           "pareto_front"]
+__all__ = ["suite_format", "TIMING_FIELDS", "JOURNAL_NAME", "Suite", "Run", "Unit", "ProblemSpec", "ProblemCache",
+           "BenchOutcome", "load_suite", "parse_suite", "plan_runs", "run_bench", "rerender", "load_results",
+           "render_table", "replace_readme_block", "pareto_front"]
 
 JOURNAL_NAME = "results.jsonl"
 
@@ -63,8 +63,7 @@ class BenchProgress:
         self.bar.set()
 
     def run_callback(self, run):
-        text = f"{run['label']} {run['budget_label']}" + ("" if run["deterministic"] else f" seed {run['seed']}")
-        return SearchProgress(text, enabled=True)
+        return SearchProgress(run.title, enabled=True)
 
     def finished(self, record):
         status = record["status"]
@@ -109,24 +108,22 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
         journal.repair()
     recorded = journal.latest()
     done = {k: r for k, r in recorded.items() if r.get("status") in ("ok", "skipped")}
-    todo = [r for r in runs if r["key"] not in done]
+    todo = {r.key: r for r in runs if r.key not in done}
     # the report covers the selected runs and every other run of the suite already recorded
-    selected = {r["key"] for r in runs}
-    reported = [r for r in plan_runs(suite, check=False) if r["key"] in selected or r["key"] in recorded]
+    selected = {r.key for r in runs}
+    reported = [r for r in plan_runs(suite, check=False) if r.key in selected or r.key in recorded]
     resumed = len(runs) - len(todo)
     progress = progress_enabled() if progress is None else progress
     bar = BenchProgress(len(runs), resumed) if progress and todo else None
     ran = failed = 0
-    clear_problem_cache()
     try:
-        units = make_units(suite, todo, progress=bool(progress and backend.in_process))
+        units = make_units(suite, list(todo.values()), progress=bool(progress and backend.in_process))
         if units and backend.local_workers:
             prewarm(suite, progress=bool(progress))
         for record in backend.run(units, bar.run_callback if bar is not None else None):
             policy_json = record.pop("policy_json", None)
-            run = next(r for r in todo if r["key"] == record["key"])
             if policy_json is not None:
-                rel = policy_path(suite, run)
+                rel = policy_path(suite, todo[record["key"]])
                 atomic_write_text(out / rel, policy_json)  # before the journal line that names it
                 record["policy_file"] = rel
             journal.append(record)
@@ -138,7 +135,6 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
         journal.close()
         if bar is not None:
             bar.close()
-        clear_problem_cache()
     commands = _previous_commands(out)
     if command and (ran or not commands):
         commands.append(command)
@@ -179,8 +175,8 @@ def rerender(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, only: 
     recorded = Journal(out / JOURNAL_NAME).latest()
     if not recorded:
         raise UserInputError(f"{out}: no journal ({JOURNAL_NAME}) to render")
-    selected = {r["key"] for r in plan_runs(suite, only, check=False)}
-    reported = [r for r in plan_runs(suite, check=False) if r["key"] in selected and r["key"] in recorded]
+    selected = {r.key for r in plan_runs(suite, only, check=False)}
+    reported = [r for r in plan_runs(suite, check=False) if r.key in selected and r.key in recorded]
     return render_outputs(suite, out, reported, _previous_commands(out), plots=plots)
 
 

@@ -9,7 +9,9 @@ simply run again by ``--resume``.  :func:`choose_backend` maps the command's ``-
 ``--scheduler`` to one.
 
 Worker processes start in :func:`worker_init` (thread limits); that is the one place a
-worker sets itself up.
+worker sets itself up.  Runs in this process share one
+:class:`~bitsearch.bench.execute.ProblemCache` for the whole bench; a worker builds one per
+unit (a Dask worker may outlive the bench, so it keeps nothing between units).
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 from ..errors import UserInputError
 from ..progress import THREAD_VARIABLES, limit_threads
-from .execute import execute_run, execute_unit
+from .execute import ProblemCache, execute_run, execute_unit
+from .plan import Unit
 
 
 class Backend(Protocol):
     in_process: bool  # runs execute in this process (so they can draw progress bars here)
     local_workers: bool  # worker processes start on this machine
 
-    def run(self, units: Sequence, callback_factory: Callable | None = None) -> Iterator[dict]:
+    def run(self, units: Sequence[Unit], callback_factory: Callable | None = None) -> Iterator[dict]:
         """Execute every run of ``units``; yield each run's record as it finishes.
         ``callback_factory(run)``: a search callback per run (a progress bar), where the
         backend can show one (in this process)."""
@@ -51,10 +54,11 @@ class Serial:
     in_process = True
     local_workers = False
 
-    def run(self, units: Sequence, callback_factory: Callable | None = None) -> Iterator[dict]:
+    def run(self, units: Sequence[Unit], callback_factory: Callable | None = None) -> Iterator[dict]:
+        cache = ProblemCache()  # every run of this bench shares problems and scored policies
         for unit in units:
-            for run in unit["runs"]:
-                yield execute_run(unit["problem"], run, callback_factory)
+            for run in unit.runs:
+                yield execute_run(unit.problem, run, cache, callback_factory)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class LocalProcesses:
     in_process = False
     local_workers = True
 
-    def run(self, units: Sequence, callback_factory: Callable | None = None) -> Iterator[dict]:
+    def run(self, units: Sequence[Unit], callback_factory: Callable | None = None) -> Iterator[dict]:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -117,13 +121,13 @@ class Dask:
         except (OSError, TimeoutError) as exc:
             raise UserInputError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
 
-    def run(self, units: Sequence, callback_factory: Callable | None = None) -> Iterator[dict]:
+    def run(self, units: Sequence[Unit], callback_factory: Callable | None = None) -> Iterator[dict]:
         from distributed import as_completed
 
         client, cluster = self.client()
         try:
             futures = [client.submit(execute_unit, unit, pure=False,
-                                     key=f"bitsearch-bench-{unit['runs'][0]['key']}-{i}")
+                                     key=f"bitsearch-bench-{unit.runs[0].key}-{i}")
                        for i, unit in enumerate(units)]
             try:
                 for future in as_completed(futures):

@@ -1,5 +1,6 @@
-"""Executing runs, in whatever process a backend chose: build (or reuse) the problem, run
-the searcher, and turn its result into the record the journal keeps."""
+"""Executing runs, in whatever process a backend chose: get the problem from a
+:class:`ProblemCache`, run the searcher, and turn its result into the record the journal
+keeps (a JSON object: the journal's line, and a row of ``results.json``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from .. import __version__
-from .._io import stable_key
 from ..errors import UserInputError
-from .suite import ORACLE_SEARCHER, is_problem_file
+from .plan import ProblemSpec, Run, Unit
+from .suite import ORACLE_SEARCHER
 
 # record fields that depend on the machine, the clock or on what the cache already
 # held, not on the run itself: left out when results are compared across backends
@@ -24,9 +26,10 @@ TIMING_FIELDS = ("seconds", "eval_seconds", "fresh_evaluations", "setup_seconds"
 
 
 class CountingEvaluator:
-    """Wraps an evaluator: caches its metrics by policy (shared by every run in the
-    process that uses the same problem source), and counts fresh evaluations and their
-    time.  Every other attribute is the wrapped evaluator's."""
+    """Wraps an evaluator: caches its metrics by policy (``cache=True``: shared by every run
+    of a :class:`ProblemCache` that uses the same problem source), and counts fresh
+    evaluations and their time (into ``counts_into`` when given).  Every other attribute is
+    the wrapped evaluator's."""
 
     def __init__(self, inner, *, cache: bool = True, counts_into: "CountingEvaluator | None" = None):
         self._inner = inner
@@ -63,20 +66,84 @@ class CountingEvaluator:
         return getattr(self._inner, name)
 
 
-# per process: (source, sensitivity method, budget set) -> Problem; (source, method) ->
-# table; source (or source@width) -> shared evaluator
-_PROBLEMS: dict[tuple, Any] = {}
-_TABLES: dict[tuple, Any] = {}
-_EVALUATORS: dict[str, CountingEvaluator] = {}
-_CACHE_LOCK = threading.RLock()
+class ProblemCache:
+    """The problems the runs of one process (or one unit) share.
 
+    Problems are built once per (source, sensitivity method, budget set); every problem of
+    one source shares one :class:`CountingEvaluator` (so a policy is scored once, whatever
+    the budget), one sensitivity table per method, and one evaluator per width multiplier
+    for the problems ``at_width`` builds (uniform-width's wider and narrower models).  The
+    problems handed out are new objects that wrap what the builder returned; nothing of it
+    is changed.  A suite with ``shared_cache = false`` gets a fresh problem per run, whose
+    evaluator counts but does not cache.  The cache lives as long as its owner (a backend's
+    ``run``, or one unit in a worker) keeps it.
+    """
 
-def clear_problem_cache() -> None:
-    """Forget the problems and evaluations this process holds."""
-    with _CACHE_LOCK:
-        _PROBLEMS.clear()
-        _TABLES.clear()
-        _EVALUATORS.clear()
+    def __init__(self):
+        self._problems: dict[tuple, Any] = {}
+        self._tables: dict[tuple, Any] = {}
+        self._evaluators: dict[str, CountingEvaluator] = {}
+        self._lock = threading.RLock()
+
+    def problem(self, spec: ProblemSpec, budgets: Sequence[str], sensitivity: str | None = None):
+        """The problem of ``spec`` under ``budgets`` (with a ``sensitivity`` table by that method)."""
+        if not spec.scoring.shared_cache:
+            problem = build_problem(spec, budgets, sensitivity)
+            counter = None if problem.evaluator is None else CountingEvaluator(problem.evaluator, cache=False)
+            return self._counted(problem, counter, None)
+        source, budgets = spec.source_key, tuple(budgets)
+        with self._lock:
+            key = (source, sensitivity, budgets)
+            if key not in self._problems:
+                self._problems[key] = self._build(spec, source, budgets, sensitivity)
+            return self._problems[key]
+
+    def _build(self, spec: ProblemSpec, source: str, budgets: tuple[str, ...], sensitivity: str | None):
+        table = self._tables.get((source, sensitivity))
+        changes: dict[str, Any] = {}
+        if table is not None and spec.variant.source_kind == "task":
+            # estimated once per source and method: build without it, then hand out a problem with it
+            problem = build_problem(spec, budgets, None)
+            changes["sensitivity"] = table
+            if "problem_options" in problem.info:
+                changes["info"] = dict(problem.info, problem_options=replace(problem.info["problem_options"],
+                                                                             sensitivity=sensitivity))
+        else:
+            problem = build_problem(spec, budgets, sensitivity)
+            if sensitivity and problem.sensitivity is not None:
+                self._tables[(source, sensitivity)] = problem.sensitivity
+        counter = None
+        if problem.evaluator is not None:
+            counter = self._evaluators.get(source)
+            if counter is None:
+                counter = self._evaluators[source] = CountingEvaluator(problem.evaluator)
+        return self._counted(problem, counter, source, **changes)
+
+    def _counted(self, problem, counter: CountingEvaluator | None, source: str | None, **changes):
+        """``problem`` with ``counter`` as its evaluator, and an ``at_width`` whose problems
+        count their evaluations into ``counter`` (with ``source``: sharing one cache per
+        width across budget sets)."""
+        if counter is not None:
+            changes["evaluator"] = counter
+            if problem.at_width is not None:
+                changes["at_width"] = self._counted_widths(problem.at_width, counter, source)
+        return replace(problem, **changes) if changes else problem
+
+    def _counted_widths(self, base, counter: CountingEvaluator, source: str | None):
+        def at_width(mult):
+            sub = base(mult)
+            if sub.evaluator is None:
+                return sub
+            if source is None:
+                return replace(sub, evaluator=CountingEvaluator(sub.evaluator, cache=False, counts_into=counter))
+            with self._lock:
+                key = f"{source}@x{float(mult)!r}"
+                shared = self._evaluators.get(key)
+                if shared is None:
+                    shared = self._evaluators[key] = CountingEvaluator(sub.evaluator, counts_into=counter)
+            return replace(sub, evaluator=shared)
+
+        return at_width
 
 
 def _import_factory(source: str, suite_dir: str):
@@ -93,109 +160,32 @@ def _import_factory(source: str, suite_dir: str):
         raise UserInputError(f"problem {source!r}: module {module_name!r} has no {attr!r}") from None
 
 
-def build_problem(spec: Mapping[str, Any], budgets: Sequence[str], sensitivity: str | None = None):
+def build_problem(spec: ProblemSpec, budgets: Sequence[str], sensitivity: str | None = None):
     """The Problem of ``spec`` under ``budgets`` (with a ``sensitivity`` table estimated
     by that method, or none), built with the same glue as the command line
     (:func:`bitsearch.build.problem_for_task`), or by a suite's problem factory."""
     from ..build import ProblemOptions, SpaceOptions
 
-    space = spec["space"]
-    scoring = spec["scoring"]
-    space_options = SpaceOptions(granularity=space["granularity"], weight_bits=tuple(space["weight_bits"]),
-                                 act_bits=None if space["act_bits"] is None else tuple(space["act_bits"]),
-                                 pin_first_last=space.get("pin_first_last"))
-    options = ProblemOptions(budgets=tuple(budgets), finetune_epochs=int(scoring["finetune_epochs"]),
-                             width_mult=float(space.get("width_mult", 1.0)),
-                             latency_table=scoring.get("latency_table"), sensitivity=sensitivity)
-    if spec["kind"] == "problem" and is_problem_file(spec["source"]):
+    variant, scoring = spec.variant, spec.scoring
+    space_options = SpaceOptions(granularity=variant.granularity, weight_bits=tuple(variant.weight_bits),
+                                 act_bits=variant.act_bits, pin_first_last=variant.pin_first_last)
+    options = ProblemOptions(budgets=tuple(budgets), finetune_epochs=int(scoring.finetune_epochs),
+                             width_mult=float(variant.width_mult), latency_table=scoring.latency_table,
+                             sensitivity=sensitivity)
+    if variant.is_file:
         from ..tabular import load_problem
 
-        return load_problem(spec["source"], budgets, granularity=space["granularity"])
-    if spec["kind"] == "problem":
-        factory = _import_factory(spec["source"], spec.get("suite_dir", ""))
-        problem = factory(space_options, options)
+        return load_problem(variant.source, budgets, granularity=variant.granularity)
+    if variant.source_kind == "problem":
         from ..problem import Problem
 
+        problem = _import_factory(variant.source, spec.suite_dir)(space_options, options)
         if not isinstance(problem, Problem):
-            raise UserInputError(f"problem {spec['source']!r} returned {type(problem).__name__}, not a Problem")
+            raise UserInputError(f"problem {variant.source!r} returned {type(problem).__name__}, not a Problem")
         return problem
     from ..build import problem_for_task
 
-    return problem_for_task(spec["source"], space_options, options, progress=bool(spec.get("progress")))
-
-
-def _source_key(spec: Mapping[str, Any]) -> str:
-    """What the evaluator depends on: the model, the space and how policies are scored."""
-    scoring = {k: v for k, v in spec["scoring"].items() if k not in ("sensitivity", "shared_cache")}
-    return stable_key(spec["kind"], spec["source"], spec["space"], scoring, spec.get("suite_dir"))
-
-
-def _shared_problem(spec: Mapping[str, Any], budgets: Sequence[str], sensitivity: str | None = None):
-    """A problem for ``budgets``; with ``shared_cache``, from this process's cache.
-
-    Every problem of one source shares one evaluator (and so its cache of scored
-    policies), and one sensitivity table per method: both depend on the model and the
-    scoring, not on the budget.  Without ``shared_cache`` each run gets a fresh problem.
-    """
-    if not spec["scoring"].get("shared_cache", True):
-        problem = build_problem(spec, budgets, sensitivity)
-        if problem.evaluator is not None:
-            problem.evaluator = CountingEvaluator(problem.evaluator, cache=False)
-            _count_at_width(problem, problem.evaluator, None)
-        return problem
-    source = _source_key(spec)
-    budgets = tuple(budgets)
-    with _CACHE_LOCK:
-        key = (source, sensitivity, budgets)
-        if key in _PROBLEMS:
-            return _PROBLEMS[key]
-        table = _TABLES.get((source, sensitivity))
-        if table is not None and spec["kind"] == "task":
-            # estimated once per source and method: build without it, then attach it
-            from dataclasses import replace
-
-            problem = build_problem(spec, budgets, None)
-            table.check_covers(problem.space)
-            problem.sensitivity = table
-            if "problem_options" in problem.info:
-                problem.info["problem_options"] = replace(problem.info["problem_options"], sensitivity=sensitivity)
-        else:
-            problem = build_problem(spec, budgets, sensitivity)
-            if sensitivity and problem.sensitivity is not None:
-                _TABLES[(source, sensitivity)] = problem.sensitivity
-        if problem.evaluator is not None:
-            shared = _EVALUATORS.get(source)
-            if shared is None:
-                shared = _EVALUATORS[source] = CountingEvaluator(problem.evaluator)
-            problem.evaluator = shared
-            _count_at_width(problem, shared, source)
-        _PROBLEMS[key] = problem
-        return problem
-
-
-def _count_at_width(problem, counter: CountingEvaluator, source: str | None) -> None:
-    """Make the problems that ``problem.at_width`` builds (uniform-width's wider and
-    narrower models) count their evaluations into ``counter``; with ``source``, every
-    budget set shares one evaluation cache per width."""
-    base = problem.at_width
-    if base is None:
-        return
-
-    def at_width(mult, _base=base):
-        sub = _base(mult)
-        if sub.evaluator is not None:
-            if source is None:
-                sub.evaluator = CountingEvaluator(sub.evaluator, cache=False, counts_into=counter)
-            else:
-                with _CACHE_LOCK:
-                    key = f"{source}@x{float(mult)!r}"
-                    shared = _EVALUATORS.get(key)
-                    if shared is None:
-                        shared = _EVALUATORS[key] = CountingEvaluator(sub.evaluator, counts_into=counter)
-                sub.evaluator = shared
-        return sub
-
-    problem.at_width = at_width
+    return problem_for_task(variant.source, space_options, options, progress=spec.progress)
 
 
 def _counter(problem) -> tuple[int, float]:
@@ -205,38 +195,41 @@ def _counter(problem) -> tuple[int, float]:
     return 0, 0.0
 
 
-def execute_unit(unit: Mapping[str, Any], callback_factory=None) -> list[dict]:
-    """Run every run of ``unit`` in this process; one record per run (never raises for
-    a run's own failure: it is recorded as ``skipped`` for bad input, ``failed`` for a bug).
+def execute_unit(unit: Unit, cache: ProblemCache | None = None, callback_factory=None) -> list[dict]:
+    """Run every run of ``unit`` in this process, sharing ``cache`` (default: a fresh one for
+    this unit); one record per run (never raises for a run's own failure: it is recorded
+    as ``skipped`` for bad input, ``failed`` for a bug).
 
     Each record carries the policy JSON under ``policy_json``, for the parent to write.
     """
-    return [execute_run(unit["problem"], run, callback_factory) for run in unit["runs"]]
+    cache = ProblemCache() if cache is None else cache
+    return [execute_run(unit.problem, run, cache, callback_factory) for run in unit.runs]
 
 
-def execute_run(spec: Mapping[str, Any], run: Mapping[str, Any], callback_factory=None) -> dict:
+def execute_run(spec: ProblemSpec, run: Run, cache: ProblemCache, callback_factory=None) -> dict:
+    """Run one search on the problem ``cache`` gives for ``spec``; its journal record."""
     from .. import searchers as registry
 
-    record = {"key": run["key"], "searcher": run["searcher"], "label": run["label"],
-              "settings": run["settings"], "seed": run["seed"], "deterministic": run["deterministic"],
-              "oracle": run["oracle"], "variant": run["variant"], "budgets": run["budgets"],
-              "model_key": run.get("model_key"),
-              "budget_label": run["budget_label"], "bitsearch_version": __version__,
+    record = {"key": run.key, "searcher": run.searcher, "label": run.label,
+              "settings": dict(run.settings), "seed": run.seed, "deterministic": run.deterministic,
+              "oracle": run.oracle, "variant": run.variant, "budgets": list(run.budgets),
+              "model_key": run.model_key,
+              "budget_label": run.budget_label, "bitsearch_version": __version__,
               "worker": f"{socket.gethostname()}:{os.getpid()}"}
     started = time.perf_counter()
     try:
-        problem = _shared_problem(spec, run["budgets"], run.get("sensitivity"))
+        problem = cache.problem(spec, run.budgets, run.sensitivity)
         record["setup_seconds"] = round(time.perf_counter() - started, 4)
-        searcher = registry.create(run["searcher"], **run["settings"])
+        searcher = registry.create(run.searcher, **run.settings)
         fresh0, eval_s0 = _counter(problem)
         callback = callback_factory(run) if callback_factory else None
         try:
-            result = searcher.search(problem, seed=run["seed"], callback=callback)
+            result = searcher.search(problem, seed=run.seed, callback=callback)
         finally:
             if callback is not None and hasattr(callback, "close"):
                 callback.close()
         fresh1, eval_s1 = _counter(problem)
-        record.update(_outcome(problem, result, spec.get("axis")))
+        record.update(_outcome(problem, result, spec.axis))
         record["fresh_evaluations"] = fresh1 - fresh0
         record["eval_seconds"] = round(eval_s1 - eval_s0, 4)
         record["status"] = "ok"

@@ -1,20 +1,91 @@
-"""The plan of a bench: every run of a suite (searcher x budget set x seed x variant) with
-its stable key, and the units of work the backends execute."""
+"""The plan of a bench: every run of a suite (variant x budget set x searcher x seed) with its
+stable key, and the units of work the backends execute.
+
+:class:`Run`, :class:`ProblemSpec` and :class:`Unit` are frozen and picklable: a unit is
+all a worker process (or a Dask worker on another machine) needs to execute its runs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from .._io import stable_key
 from ..errors import UserInputError
-from .suite import Suite, Variant, _slug, run_sensitivity
+from .suite import Scoring, Suite, Variant, _slug, run_sensitivity
+
 
 def budget_label(budgets: Sequence[str]) -> str:
     return " + ".join(budgets)
 
 
-def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = True) -> list[dict]:
+@dataclass(frozen=True)
+class Run:
+    """One search: a searcher with its settings and seed, under one budget set, on one variant.
+
+    ``key`` is a stable hash of everything that changes the result (searcher, settings,
+    budgets, seed, the variant, the scoring, the trained model): what the journal is keyed by."""
+
+    key: str
+    variant: str  # the variant's label
+    variant_index: int
+    budgets: tuple[str, ...]
+    budget_index: int
+    label: str
+    searcher: str
+    seed: int
+    deterministic: bool
+    oracle: bool
+    sensitivity: str | None
+    model_key: str | None
+    settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def budget_label(self) -> str:
+        return budget_label(self.budgets)
+
+    @property
+    def title(self) -> str:
+        """``random size=3bit seed 1``: the run in a progress line."""
+        return f"{self.label} {self.budget_label}" + ("" if self.deterministic else f" seed {self.seed}")
+
+    def display(self) -> dict:
+        """The fields a results row takes from the plan (JSON types)."""
+        return {"key": self.key, "label": self.label, "searcher": self.searcher, "seed": self.seed,
+                "deterministic": self.deterministic, "oracle": self.oracle, "variant": self.variant,
+                "budgets": list(self.budgets), "budget_label": self.budget_label}
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """How to build the problem of a variant: the variant, the suite's scoring, the suite's
+    folder (for problem factories and files), the cost on the plots' x axis, and whether
+    building may draw progress bars (only in the bench's own process)."""
+
+    variant: Variant
+    scoring: Scoring
+    suite_dir: str
+    axis: str
+    progress: bool = False
+
+    @property
+    def source_key(self) -> str:
+        """What the evaluator depends on: the model, the space and how policies are scored
+        (not the budgets, not the sensitivity table)."""
+        scoring = {"finetune_epochs": self.scoring.finetune_epochs, "latency_table": self.scoring.latency_table}
+        return stable_key(self.variant.source_kind, self.variant.source, self.variant.to_dict(), scoring,
+                          self.suite_dir)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Runs that execute together, in one process, on one problem source."""
+
+    problem: ProblemSpec
+    runs: tuple[Run, ...]
+
+
+def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = True) -> list[Run]:
     """Every run of the suite, in report order.  ``only``: labels or searcher names to
     keep (the oracle is kept while the suite asks for one).  ``check``: load every
     selected searcher and its settings now, so that a bad one fails before any run."""
@@ -40,9 +111,10 @@ def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = 
         except TypeError as exc:
             raise UserInputError(f"{suite.path}: searcher {entry.label!r}: bad settings: {exc}") from None
     runs = []
+    model_keys: dict[tuple, str | None] = {}
     for vi, variant in enumerate(suite.variants):
         try:
-            model = model_key(variant)
+            model = model_key(variant, model_keys)
         except UserInputError as exc:
             raise UserInputError(f"{suite.path}: {exc}") from None
         for bi, budgets in enumerate(suite.budgets):
@@ -53,65 +125,56 @@ def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = 
                 for seed in seeds:
                     key = stable_key(entry.name, dict(entry.settings), list(budgets), seed, variant.to_dict(),
                                      scoring, model)
-                    runs.append({
-                        "key": key, "variant": variant.label, "variant_index": vi, "budgets": list(budgets),
-                        "budget_label": budget_label(budgets), "budget_index": bi, "label": entry.label,
-                        "searcher": entry.name, "settings": dict(entry.settings), "seed": seed,
-                        "deterministic": bool(entry.deterministic), "oracle": entry.oracle,
-                        "sensitivity": sensitivity, "model_key": model,
-                    })
+                    runs.append(Run(key=key, variant=variant.label, variant_index=vi, budgets=tuple(budgets),
+                                    budget_index=bi, label=entry.label, searcher=entry.name, seed=seed,
+                                    deterministic=bool(entry.deterministic), oracle=entry.oracle,
+                                    sensitivity=sensitivity, model_key=model, settings=dict(entry.settings)))
     return runs
 
 
-_MODEL_KEYS: dict[tuple, str | None] = {}
-
-
-def model_key(variant: Variant) -> str | None:
+def model_key(variant: Variant, known: dict | None = None) -> str | None:
     """What names the trained model a variant's runs score with: the task's weights key
     (its recipe, data, architecture...), or a problem file's digest.  Part of every run
     key, so that a changed recipe means new runs, never results of two models mixed by
-    a ``--resume``.  (A problem factory's model is the factory's business.)"""
+    a ``--resume``.  (A problem factory's model is the factory's business.)  ``known``:
+    keys already computed, by (task, width multiplier)."""
     if variant.source_kind != "task":
         return variant.digest
-    cache = (variant.source, variant.width_mult)
-    if cache not in _MODEL_KEYS:
+    known = {} if known is None else known
+    where = (variant.source, variant.width_mult)
+    if where not in known:
         from ..tasks import get_task
 
-        _MODEL_KEYS[cache] = get_task(variant.source).cache_key(variant.width_mult)
-    return _MODEL_KEYS[cache]
+        known[where] = get_task(variant.source).cache_key(variant.width_mult)
+    return known[where]
 
 
-def _problem_spec(suite: Suite, variant: Variant, progress: bool = False) -> dict:
-    return {"kind": variant.source_kind, "source": variant.source, "space": variant.to_dict(),
-            "scoring": asdict(suite.scoring), "suite_dir": suite.directory, "axis": suite.axis_cost,
-            "progress": progress}
+def problem_spec(suite: Suite, variant: Variant, progress: bool = False) -> ProblemSpec:
+    return ProblemSpec(variant, suite.scoring, suite.directory, suite.axis_cost, progress)
 
 
-def make_units(suite: Suite, runs: Sequence[dict], *, progress: bool = False) -> list[dict]:
+def make_units(suite: Suite, runs: Sequence[Run], *, progress: bool = False) -> list[Unit]:
     """Group runs into units of work for a process.  The oracle's runs of one variant
     form one unit (every budget then shares one evaluation cache); every other run is a
     unit of its own.  The oracle goes first: it is the longest, and in-process it fills
     the cache the others read."""
-    units: list[dict] = []
-    oracle_units: dict[int, dict] = {}
+    singles: list[Unit] = []
+    oracle_runs: dict[int, list[Run]] = {}
     for run in runs:
-        spec = _problem_spec(suite, suite.variants[run["variant_index"]], progress)
-        if run["oracle"] and suite.scoring.shared_cache:
-            unit = oracle_units.get(run["variant_index"])
-            if unit is None:
-                unit = oracle_units[run["variant_index"]] = {"problem": spec, "runs": []}
-            unit["runs"].append(run)
+        if run.oracle and suite.scoring.shared_cache:
+            oracle_runs.setdefault(run.variant_index, []).append(run)
         else:
-            units.append({"problem": spec, "runs": [run]})
-    return list(oracle_units.values()) + units
+            singles.append(Unit(problem_spec(suite, suite.variants[run.variant_index], progress), (run,)))
+    grouped = [Unit(problem_spec(suite, suite.variants[vi], progress), tuple(group))
+               for vi, group in oracle_runs.items()]
+    return grouped + singles
 
 
-
-def policy_path(suite: Suite, run: Mapping[str, Any]) -> str:
+def policy_path(suite: Suite, run: Run) -> str:
+    """Where a run's policy goes, relative to the bench's folder."""
     parts = ["policies"]
     if len(suite.variants) > 1:
-        parts.append(suite.variants[run["variant_index"]].slug)
-    parts.append(_slug(run["budget_label"]))
-    name = _slug(run["label"]) + ("" if run["deterministic"] else f"-seed{run['seed']}") + ".json"
+        parts.append(suite.variants[run.variant_index].slug)
+    parts.append(_slug(run.budget_label))
+    name = _slug(run.label) + ("" if run.deterministic else f"-seed{run.seed}") + ".json"
     return "/".join(parts + [name])
-

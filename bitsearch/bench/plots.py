@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .._io import atomic_write
 from .execute import pareto_front
 from .report import _is_fraction_metric, _mean, _std
 
@@ -167,14 +168,4 @@ def _curve_xy(curve: Sequence[Mapping[str, Any]]):
 def _save_figure(fig, path) -> None:
     """Save through a temporary file and a rename, like every file the tool writes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format=path.suffix.lstrip(".") or "png"))

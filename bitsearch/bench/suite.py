@@ -1,64 +1,85 @@
-"""A bench suite: the TOML file, checked, as frozen dataclasses (:class:`Suite` and its
-parts); :data:`SUITE_FORMAT` is the format, as ``bitsearch bench --help`` shows it."""
+"""A bench suite: the TOML file, checked, as frozen dataclasses.
+
+The format is described in one place, the shipped JSON Schema
+``bitsearch/schemas/suite.schema.json``: its keys, their types, their one-line error
+messages and the example lines of ``bitsearch bench --help`` (:func:`suite_format`).
+:func:`parse_suite` checks a suite against it (every structural problem named at once,
+as :mod:`bitsearch.tabular` names a problem file's), then checks what a schema cannot:
+budgets that parse, searchers that are registered, problem files that exist, labels
+that are distinct.  The result is a :class:`Suite`: its :class:`Variant` problem
+sources, its :class:`Scoring`, and a :class:`SearcherEntry` per searcher.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+import textwrap
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import schemas
 from .._io import file_digest
 from ..errors import UserInputError
 
 ORACLE_SEARCHER = "exhaustive"
 DEFAULT_SENSITIVITY = "hessian"
-MIN_SEEDS = 3
+SCHEMA_NAME = "suite"
 
-SUITE_FORMAT = """\
-suite format (TOML):
 
-  name = "mnist1d_layer"                  # optional; default: the file name
-  description = "..."                     # optional
-  task = "mnist1d-cnn"                    # a task (bitsearch tasks), or a list of tasks
-  # problem = "mymodule:make_problem"     # instead of task: a function (space, options) -> Problem,
-  #                                       #   imported from sys.path or the suite's folder
-  # problem = "hawq_resnet18.json"        # or a tabular problem file (bitsearch-problem JSON, no
-  #                                       #   torch): its widths and costs; [space] gives granularity
-  seeds = [0, 1, 2]                       # 3 or more; deterministic searchers run once
-  budgets = ["size=2.5bit", "size=3bit", ["size=4bit", "bops=4bit"]]   # a list: several at once
-  oracle = true                           # run exhaustive per budget; report regret against it
+def schema_path() -> Path:
+    """The JSON Schema of suite files, shipped in the package."""
+    return schemas.schema_path(SCHEMA_NAME)
 
-  [space]
-  granularity = "layer"                   # "layer" or "kernel" (or a list of both)
-  weight_bits = [2, 3, 4, 8]              # a list, or a range "2-8"
-  act_bits = 8                            # one width fixes them, a list searches them, "none": float
-  # pin_first_last = 8                    # optional
-  # width_mult = 1.0                      # optional
 
-  [scoring]
-  finetune_epochs = 0                     # 0: post-training quantization; N: N fine-tuning epochs
-  # sensitivity = "hessian"               # a table for every run (default: only for searchers that
-  #                                       #   need one, estimated with hessian, as bitsearch search does)
-  # latency_table = "table.csv"           # for latency= budgets
-  # shared_cache = true                   # runs in one process share evaluations (false: fresh)
+# --- the format, for --help ------------------------------------------------------------------
+_COMMENT_COLUMN = 40
+_WIDTH = 100
 
-  [[searchers]]
-  name = "uniform"
 
-  [[searchers]]
-  name = "random"
-  label = "random-200"                    # optional; needed when a searcher appears twice
-  settings = { samples = 200 }            # constructor settings (bitsearch searchers)
-  # deterministic = false                 # override the searcher's own declaration
-"""
+def suite_format() -> str:
+    """The suite format as ``bitsearch bench --help`` shows it: an example suite, one
+    commented line per key, drawn from the schema's ``x-toml`` and ``description``."""
+    schema = schemas.load_schema(SCHEMA_NAME)
+    lines: list[str] = []
+    tables = []
+    for key, node in schema["properties"].items():
+        if "x-toml" in node:
+            lines += _example_lines(key, node)
+        else:
+            tables.append((key, node))
+    for key, node in tables:
+        items = node.get("items")
+        header = f"[[{key}]]" if items else f"[{key}]"
+        body = items if items else node
+        lines += [""] + _commented(header, node.get("description", ""), optional=False)
+        for sub_key, sub in body.get("properties", {}).items():
+            lines += _example_lines(sub_key, sub)
+    return ("suite format (TOML; the JSON Schema is bitsearch/schemas/suite.schema.json):\n\n"
+            + "\n".join("  " + line if line else "" for line in lines) + "\n")
 
-_TOP_KEYS = {"name", "description", "task", "problem", "seeds", "budgets", "oracle", "oracle_settings",
-             "space", "scoring", "searchers"}
-_SPACE_KEYS = {"granularity", "weight_bits", "act_bits", "pin_first_last", "width_mult"}
-_SCORING_KEYS = {"finetune_epochs", "sensitivity", "latency_table", "shared_cache"}
-_SEARCHER_KEYS = {"name", "label", "settings", "deterministic"}
+
+def _example_lines(key: str, node: Mapping[str, Any]) -> list[str]:
+    examples = node["x-toml"]
+    examples = examples if isinstance(examples, list) else [examples]
+    out = []
+    for example in examples:
+        comment = example.get("comment", node.get("description", ""))
+        out += _commented(f"{key} = {example['example']}", comment, optional=bool(example.get("optional")))
+    return out
+
+
+def _commented(code: str, comment: str, *, optional: bool) -> list[str]:
+    code = ("# " if optional else "") + code
+    if not comment:
+        return [code]
+    column = max(_COMMENT_COLUMN, len(code) + 3)
+    wrapped = textwrap.wrap(comment, _WIDTH - column - 2) or [""]
+    lead = "#" if optional else " "
+    out = [f"{code:<{column}}# {wrapped[0]}"]
+    out += [f"{lead:<{column}}#   {more}" for more in wrapped[1:]]
+    return out
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,8 @@ class Variant:
 
 @dataclass(frozen=True)
 class Scoring:
+    """How every policy of the suite is scored (``[scoring]``)."""
+
     finetune_epochs: int = 0
     sensitivity: str | None = None
     latency_table: str | None = None
@@ -132,20 +155,28 @@ class Scoring:
 
 @dataclass(frozen=True)
 class SearcherEntry:
+    """One ``[[searchers]]`` table: a registered searcher under a label, with its settings."""
+
     label: str
     name: str
     settings: Mapping[str, Any]
-    deterministic: bool
+    deterministic: bool | None  # None until resolved from the searcher class
     oracle: bool = False
     needs_table: bool = False  # the searcher optimises a sensitivity table
+    sensitivity: str | None = None  # its own sensitivity method (default: the suite's)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "name": self.name, "settings": dict(self.settings),
-                "deterministic": self.deterministic, "oracle": self.oracle}
+        out = {"label": self.label, "name": self.name, "settings": dict(self.settings),
+               "deterministic": self.deterministic, "oracle": self.oracle}
+        if self.sensitivity:
+            out["sensitivity"] = self.sensitivity
+        return out
 
 
 @dataclass(frozen=True)
 class Suite:
+    """A checked suite: where problems come from, the budget sets, the searchers, the seeds."""
+
     name: str
     path: str
     description: str
@@ -182,19 +213,11 @@ class Suite:
                 "scoring": asdict(self.scoring), "oracle": self.oracle}
 
 
-def _suite_table(path, data: Mapping[str, Any], name: str, allowed) -> Mapping[str, Any]:
-    """The suite's ``[name]`` table (empty when absent), with only ``allowed`` keys."""
-    table = data.get(name, {})
-    if not isinstance(table, Mapping):
-        raise _suite_error(path, f"[{name}] must be a table")
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise _suite_error(path, f"unknown key(s) {unknown} in [{name}]; it has {sorted(allowed)}")
-    return table
-
-
-def _suite_error(path, message) -> UserInputError:
-    return UserInputError(f"{path}: {message}")
+# --- reading ---------------------------------------------------------------------------------
+def load_suite(path: str | os.PathLike) -> Suite:
+    """Read and check a suite file; every problem is a one-line :class:`UserInputError`."""
+    path = Path(path)
+    return parse_suite(_load_toml(path), str(path))
 
 
 def _load_toml(path: Path) -> dict:
@@ -214,173 +237,130 @@ def _load_toml(path: Path) -> dict:
         raise _suite_error(path, f"not valid TOML: {exc}") from None
 
 
-def load_suite(path: str | os.PathLike) -> Suite:
-    """Read and check a suite file; every problem is a one-line :class:`UserInputError`."""
-    path = Path(path)
-    data = _load_toml(path)
-    return parse_suite(data, str(path))
+def _suite_error(path, message) -> UserInputError:
+    return UserInputError(f"{path}: {message}")
 
 
 def parse_suite(data: Mapping[str, Any], path: str = "<suite>") -> Suite:
+    """The :class:`Suite` of a parsed suite document (``path`` names it in messages and
+    anchors its relative file names)."""
     from .. import searchers as registry
-    from ..budget import parse_budget
+
+    known = registry.available()
+    found = schemas.problems(data, SCHEMA_NAME, {"searchers": ", ".join(known)})
+    if found:
+        raise UserInputError(schemas.join(path, found))
+    directory = Path(path).resolve().parent
+    entries = _searchers(data, path, known)
+    scoring = _scoring(data.get("scoring", {}), path, directory)
+    name = data.get("name", Path(path).stem)
+    suite = Suite(name, str(path), str(data.get("description", "")), _variants(data, path, directory),
+                  _budgets(data["budgets"], path), entries, tuple(int(s) for s in data["seeds"]), scoring,
+                  bool(data.get("oracle", False)))
+    return _resolve_searchers(suite)
+
+
+def _variants(data: Mapping[str, Any], path: str, directory: Path) -> tuple[Variant, ...]:
+    """One variant per problem source and granularity."""
     from ..space import parse_bits
 
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise _suite_error(path, f"unknown key(s) {unknown}; a suite has {sorted(_TOP_KEYS)} "
-                                 f"(see bitsearch bench --help)")
-    # --- where problems come from
-    if ("task" in data) == ("problem" in data):
-        raise _suite_error(path, "give 'task' (e.g. task = \"mnist1d-cnn\") or 'problem' "
-                                 "(\"module:function\"), exactly one of them")
     kind = "task" if "task" in data else "problem"
-    sources = data[kind]
-    sources = [sources] if isinstance(sources, str) else sources
-    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s for s in sources):
-        raise _suite_error(path, f"'{kind}' must be a name or a list of names")
+    sources = data[kind] if isinstance(data[kind], list) else [data[kind]]
     if kind == "problem":
         bad = [s for s in sources if not is_problem_file(s) and ":" not in s]
         if bad:
             raise _suite_error(path, f"problem {bad[0]!r}: give a function as \"module:function\" or a "
                                      f"problem file \"name.json\" (bitsearch-problem JSON)")
-    # --- the space
-    space = _suite_table(path, data, "space", _SPACE_KEYS)
+    space = data.get("space", {})
     granularities = space.get("granularity", "layer")
-    granularities = [granularities] if isinstance(granularities, str) else granularities
-    if not isinstance(granularities, list) or not granularities or any(
-            g not in ("layer", "kernel") for g in granularities):
-        raise _suite_error(path, f"[space] granularity must be \"layer\" or \"kernel\" (or a list of them), "
-                                 f"not {space.get('granularity')!r}")
+    granularities = granularities if isinstance(granularities, list) else [granularities]
     try:
         weight_bits = _bits(space.get("weight_bits", "2-8"), parse_bits, allow_none=False)
         act_bits = _bits(space.get("act_bits", 8), parse_bits, allow_none=True)
     except UserInputError as exc:
         raise _suite_error(path, f"[space] {exc}") from None
-    pin = space.get("pin_first_last")
-    if pin is not None and (not _is_int(pin) or pin < 1):
-        raise _suite_error(path, f"[space] pin_first_last must be a width in bits, not {pin!r}")
-    width_mult = space.get("width_mult", 1.0)
-    if not isinstance(width_mult, (int, float)) or isinstance(width_mult, bool) or width_mult <= 0:
-        raise _suite_error(path, f"[space] width_mult must be a positive number, not {width_mult!r}")
+    pin, width_mult = space.get("pin_first_last"), float(space.get("width_mult", 1.0))
     variants = []
     for source in sources:
-        digest = None
         if kind == "problem" and is_problem_file(source):
             given = sorted(set(space) - {"granularity"})
             if given:
                 raise _suite_error(path, f"problem file {source!r} sets its own widths: [space] may only give "
                                          f"granularity (not {given})")
-            file = Path(source) if Path(source).is_absolute() else Path(path).resolve().parent / source
+            file = Path(source) if Path(source).is_absolute() else directory / source
             try:
                 digest = file_digest(file)
             except OSError:
                 raise _suite_error(path, f"problem file {str(file)!r}: no such file") from None
             variants += [Variant(kind, str(file), g, (), None, None, 1.0, digest) for g in granularities]
         else:
-            variants += [Variant(kind, source, g, weight_bits, act_bits, pin, float(width_mult))
-                         for g in granularities]
-    variants = tuple(variants)
-    # --- budgets
-    budgets_raw = data.get("budgets")
-    if not isinstance(budgets_raw, list) or not budgets_raw:
-        raise _suite_error(path, "'budgets' must be a non-empty list, e.g. budgets = [\"size=3bit\", \"size=4bit\"]")
+            variants += [Variant(kind, source, g, weight_bits, act_bits, pin, width_mult) for g in granularities]
+    return tuple(variants)
+
+
+def _budgets(raw: list, path: str) -> tuple[tuple[str, ...], ...]:
+    """Budget sets: each a tuple of budget strings that parse and limit distinct costs."""
+    from ..budget import parse_budget
+
     budgets = []
-    for i, entry in enumerate(budgets_raw):
+    for i, entry in enumerate(raw):
         group = [entry] if isinstance(entry, str) else entry
-        if not isinstance(group, list) or not group or not all(isinstance(b, str) for b in group):
-            raise _suite_error(path, f"budgets[{i}] must be a budget string or a list of them, not {entry!r}")
+        costs = []
         for text in group:
             try:
-                parse_budget(text)
+                costs.append(parse_budget(text).cost)
             except UserInputError as exc:
                 raise _suite_error(path, f"budgets[{i}]: {exc}") from None
-        costs = [parse_budget(t).cost for t in group]
         if len(set(costs)) != len(costs):
             raise _suite_error(path, f"budgets[{i}] limits the same cost twice: {group}")
         budgets.append(tuple(t.strip() for t in group))
     if len(set(budgets)) != len(budgets):
         raise _suite_error(path, "'budgets' lists the same budget twice")
-    # --- seeds
-    seeds = data.get("seeds")
-    if not isinstance(seeds, list) or not all(_is_int(s) for s in seeds):
-        raise _suite_error(path, "'seeds' must be a list of integers, e.g. seeds = [0, 1, 2]")
-    if len(set(seeds)) != len(seeds):
-        raise _suite_error(path, f"'seeds' repeats a seed: {seeds}")
-    if len(seeds) < MIN_SEEDS:
-        raise _suite_error(path, f"give {MIN_SEEDS} or more seeds (got {seeds}): the report gives the "
-                                 f"spread over seeds")
-    # --- scoring
-    scoring_raw = _suite_table(path, data, "scoring", _SCORING_KEYS)
-    epochs = scoring_raw.get("finetune_epochs", 0)
-    if not _is_int(epochs) or epochs < 0:
-        raise _suite_error(path, f"[scoring] finetune_epochs must be 0 (post-training quantization) or a "
-                                 f"positive number of epochs, not {epochs!r}")
-    for key in ("sensitivity", "latency_table"):
-        if key in scoring_raw and not isinstance(scoring_raw[key], str):
-            raise _suite_error(path, f"[scoring] {key} must be a string")
-    shared = scoring_raw.get("shared_cache", True)
-    if not isinstance(shared, bool):
-        raise _suite_error(path, "[scoring] shared_cache must be true or false")
-    latency_table = scoring_raw.get("latency_table")
+    return tuple(budgets)
+
+
+def _scoring(raw: Mapping[str, Any], path: str, directory: Path) -> Scoring:
+    latency_table = raw.get("latency_table")
     if latency_table and not Path(latency_table).is_absolute():
-        latency_table = str((Path(path).resolve().parent / latency_table))
-    # --- searchers
-    entries_raw = data.get("searchers")
-    if not isinstance(entries_raw, list) or not entries_raw:
-        raise _suite_error(path, "list the searchers as [[searchers]] tables, each with name = \"...\"")
-    known = registry.available()
+        latency_table = str(directory / latency_table)
+    sensitivity = raw.get("sensitivity")
+    _check_method(sensitivity, path, "[scoring] sensitivity")
+    return Scoring(int(raw.get("finetune_epochs", 0)), sensitivity, latency_table, raw.get("shared_cache", True))
+
+
+def _check_method(method: str | None, path: str, where: str) -> None:
+    from ..sensitivity import METHODS
+
+    if method is not None and method not in METHODS:
+        raise _suite_error(path, f"{where}: unknown sensitivity method {method!r}; methods: {', '.join(METHODS)}")
+
+
+def _searchers(data: Mapping[str, Any], path: str, known) -> tuple[SearcherEntry, ...]:
+    """The searchers, registered names only, labels distinct; the oracle appended (or
+    marked) when the suite asks for one."""
     entries: list[SearcherEntry] = []
-    for i, raw in enumerate(entries_raw):
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-            raise _suite_error(path, f"searchers[{i}] needs name = \"...\" (one of {', '.join(known)})")
-        unknown = sorted(set(raw) - _SEARCHER_KEYS)
-        if unknown:
-            raise _suite_error(path, f"searchers[{i}] ({raw['name']}): unknown key(s) {unknown}; "
-                                     f"a searcher has {sorted(_SEARCHER_KEYS)}")
+    for i, raw in enumerate(data["searchers"]):
         name = raw["name"]
         if name not in known:
             raise _suite_error(path, f"searchers[{i}]: unknown searcher {name!r}; known searchers: "
                                      f"{', '.join(known)}")
-        settings = raw.get("settings", {})
-        if not isinstance(settings, Mapping):
-            raise _suite_error(path, f"searchers[{i}] ({name}): settings must be a table, e.g. "
-                                     f"settings = {{ samples = 100 }}")
-        label = raw.get("label", name)
-        if not isinstance(label, str) or not label.strip():
-            raise _suite_error(path, f"searchers[{i}] ({name}): label must be a non-empty string")
-        det = raw.get("deterministic")
-        if det is not None and not isinstance(det, bool):
-            raise _suite_error(path, f"searchers[{i}] ({name}): deterministic must be true or false")
-        entries.append(SearcherEntry(label.strip(), name, dict(settings), det if det is not None else None))
+        _check_method(raw.get("sensitivity"), path, f"searchers[{i}] ({name}): sensitivity")
+        entries.append(SearcherEntry(raw.get("label", name).strip(), name, dict(raw.get("settings", {})),
+                                     raw.get("deterministic"), sensitivity=raw.get("sensitivity")))
     labels = [e.label for e in entries]
-    dupes = sorted({l for l in labels if labels.count(l) > 1})
+    dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:
         raise _suite_error(path, f"searcher label(s) {dupes} appear twice; give each a distinct label = \"...\"")
-    oracle = data.get("oracle", False)
-    if not isinstance(oracle, bool):
-        raise _suite_error(path, "'oracle' must be true or false")
-    oracle_settings = data.get("oracle_settings", {})
-    if not isinstance(oracle_settings, Mapping):
-        raise _suite_error(path, "'oracle_settings' must be a table, e.g. oracle_settings = { max_policies = 5000 }")
-    if oracle:
+    if data.get("oracle", False):
+        oracle_settings = dict(data.get("oracle_settings", {}))
         first = next((i for i, e in enumerate(entries) if e.name == ORACLE_SEARCHER), None)
         if first is None:
             entries.append(SearcherEntry(ORACLE_SEARCHER if ORACLE_SEARCHER not in labels else "oracle",
-                                         ORACLE_SEARCHER, dict(oracle_settings), None, oracle=True))
+                                         ORACLE_SEARCHER, oracle_settings, None, oracle=True))
         else:
             e = entries[first]
-            entries[first] = SearcherEntry(e.label, e.name, {**oracle_settings, **e.settings}, e.deterministic,
-                                           oracle=True)
-    sensitivity = scoring_raw.get("sensitivity")
-    scoring = Scoring(int(epochs), sensitivity, latency_table, shared)
-    name = data.get("name", Path(path).stem)
-    if not isinstance(name, str) or not name:
-        raise _suite_error(path, "'name' must be a non-empty string")
-    description = data.get("description", "")
-    suite = Suite(name, str(path), str(description), variants, tuple(budgets), tuple(entries),
-                  tuple(int(s) for s in seeds), scoring, oracle)
-    return _resolve_searchers(suite)
+            entries[first] = replace(e, settings={**oracle_settings, **e.settings}, oracle=True)
+    return tuple(entries)
 
 
 def _resolve_searchers(suite: Suite) -> Suite:
@@ -390,9 +370,8 @@ def _resolve_searchers(suite: Suite) -> Suite:
     A searcher that is declared but cannot be loaded (not installed yet) stays
     non-deterministic; selecting it to run is what raises.
     """
-    from dataclasses import replace
-
     from .. import searchers as registry
+    from ..build import needs_sensitivity
 
     entries = []
     for entry in suite.searchers:
@@ -404,15 +383,15 @@ def _resolve_searchers(suite: Suite) -> Suite:
         det = entry.deterministic
         if det is None:
             det = bool(getattr(cls, "deterministic", False))
-        from ..build import needs_sensitivity
-
         entries.append(replace(entry, deterministic=det, needs_table=needs_sensitivity(cls)))
     return replace(suite, searchers=tuple(entries))
 
 
 def run_sensitivity(suite: Suite, entry: SearcherEntry, variant: Variant) -> str | None:
-    """The sensitivity method of a run's problem: the suite's, else ``hessian`` for a
-    searcher that needs a table (what ``bitsearch search`` does), else none."""
+    """The sensitivity method of a run's problem: the searcher's own, else the suite's, else
+    ``hessian`` for a searcher that needs a table (what ``bitsearch search`` does), else none."""
+    if entry.sensitivity:
+        return entry.sensitivity
     if suite.scoring.sensitivity:
         return suite.scoring.sensitivity
     if entry.needs_table and variant.source_kind == "task":
@@ -425,25 +404,15 @@ def is_problem_file(source: str) -> bool:
 
 
 def _bits(value, parse_bits, *, allow_none):
-    if isinstance(value, bool):
-        raise UserInputError(f"bit widths {value!r} are not widths")
-    if _is_int(value):
+    """Widths from a number, a list (sorted, distinct) or a string (``2-8``, ``4,8``, ``none``);
+    the schema has checked the type."""
+    if isinstance(value, int):
         return (int(value),)
     if isinstance(value, list):
-        if not value or not all(_is_int(v) for v in value):
-            raise UserInputError(f"bit widths must be a list of integers, not {value!r}")
         return tuple(sorted({int(v) for v in value}))
-    if isinstance(value, str):
-        return parse_bits(value, allow_none=allow_none)
-    raise UserInputError(f"bit widths must be a list, a range string or a number, not {value!r}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
+    return parse_bits(value, allow_none=allow_none)
 
 
 def _slug(text: str) -> str:
     text = text.replace(" + ", "+").replace("=", "-").replace(" · ", "-")
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "x"
-
