@@ -98,7 +98,7 @@ class TestUniformWidth(SearcherConformance):
 @pytest.mark.parametrize("searcher, granularity", [("autoq", "kernel"), ("haq", "layer")])
 def test_rl_searchers_end_to_end_keep_the_budget(task, searcher, granularity, tmp_path, capsys):
     """Issue 5's command lines with few episodes (mnist1d-cnn trains its float model first: slow;
-    the full runs are in benchmarks/rl_mnist1d.py)."""
+    the full runs are the suite benchmarks/rl_mnist1d.toml)."""
     path = tmp_path / "p.json"
     code, out, err = run(capsys, "search", "--task", task, "--searcher", searcher, "--granularity",
                          granularity, "--budget", "size=3bit", "--set", "episodes=6", "--set", "warmup=3",

@@ -246,7 +246,7 @@ def execute_run(spec: ProblemSpec, run: Run, cache: ProblemCache, callback_facto
 
 def _outcome(problem, result, axis: str | None) -> dict:
     objective = problem.objective
-    higher = objective != "sensitivity"
+    higher = problem.higher_is_better
     policy = result.policy
     metric = result.metrics.get(objective) if objective not in ("none",) else None
     # budgets: recomputed here from the problem's cost models, not taken from the searcher,
