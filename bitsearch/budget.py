@@ -88,19 +88,19 @@ def parse_budget(text: str) -> BudgetSpec:
     low = value.lower().replace(" ", "")
     m = re.fullmatch(r"frac:(" + _NUMBER + r")", low)
     if m:
-        frac = float(m.group(1))
+        frac = _finite(m.group(1), text)
         if not 0 <= frac <= 1:
             raise BudgetParseError(f"budget {text!r}: frac must be between 0 and 1")
         return BudgetSpec(cost, "frac", frac, raw)
     m = re.fullmatch(r"(" + _NUMBER + r")%", low)
     if m:
-        pct = float(m.group(1))
+        pct = _finite(m.group(1), text)
         if not 0 < pct:
             raise BudgetParseError(f"budget {text!r}: a percentage must be positive")
         return BudgetSpec(cost, "percent", pct, raw)
     m = re.fullmatch(r"(" + _NUMBER + r")bits?", low)
     if m:
-        bits = float(m.group(1))
+        bits = _finite(m.group(1), text)
         if not 1 <= bits <= 32:
             raise BudgetParseError(f"budget {text!r}: 'Nbit' means the uniform N-bit policy and N must be "
                                    "between 1 and 32; give an absolute size in bytes (e.g. 1.2MB) instead")
@@ -108,7 +108,7 @@ def parse_budget(text: str) -> BudgetSpec:
     m = re.fullmatch(r"(" + _NUMBER + r")([a-zµ]*)", low)
     if not m:
         raise BudgetParseError(f"budget {text!r} does not parse: {hint}")
-    number, unit = float(m.group(1)), m.group(2)
+    number, unit = _finite(m.group(1), text), m.group(2)
     if number <= 0:
         raise BudgetParseError(f"budget {text!r}: the limit must be positive")
     if not unit:
@@ -120,7 +120,19 @@ def parse_budget(text: str) -> BudgetSpec:
     if unit not in scales:
         raise BudgetParseError(f"budget {text!r}: unit {m.group(2)!r} is not known for {cost}; "
                                f"use one of {', '.join(sorted(scales))}")
-    return BudgetSpec(cost, "absolute", number * scales[unit], raw)
+    limit = number * scales[unit]
+    if not math.isfinite(limit):
+        raise BudgetParseError(f"budget {text!r}: the limit is too large to be a number")
+    return BudgetSpec(cost, "absolute", limit, raw)
+
+
+def _finite(number: str, text: str) -> float:
+    """The float of a budget's number; one too large to be finite (1e309) is an error,
+    never an unlimited budget."""
+    value = float(number)
+    if not math.isfinite(value):
+        raise BudgetParseError(f"budget {text!r}: {number} is too large to be a number (1e308 is the most)")
+    return value
 
 
 def reference_cost(space: SearchSpace, model, width: float) -> float:

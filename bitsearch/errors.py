@@ -16,6 +16,16 @@ class UserInputError(BitsearchError):
     """Bad input: a file, a flag, a name or a number the user gave.  Exit code 2."""
 
 
+class InputFileError(UserInputError):
+    """A file given to read that is not a readable regular file of a sane size and shape
+    (a folder, a FIFO, a device, over its size limit, nested too deeply, not UTF-8...)."""
+
+
+class OutputFileError(UserInputError):
+    """A place given to write that the tool refuses (an existing folder, device or FIFO, a
+    path under /proc or /sys, a missing folder) or cannot write (disk full, no permission)."""
+
+
 class SpaceError(UserInputError):
     """A search space that is inconsistent (unknown tied layer, bad bit choices...)."""
 

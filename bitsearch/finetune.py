@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserInputError
-from ._io import atomic_write
+from ._io import atomic_write, open_input
 from .policy import Policy
 from .progress import Bar
 
@@ -156,7 +156,8 @@ def _load(path: Path, what: str):
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_input(path, "model", error=lambda message: FinetuneError(f"{path}: {message}")) as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FinetuneError(f"{path}: no such {what}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:

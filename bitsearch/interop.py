@@ -37,6 +37,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ._io import MAX_NESTING, json_nesting, load_json_input, parse_json, read_text_input
 from .errors import UserInputError
 from ._io import dumps
 from .policy import LayerBits, Policy
@@ -168,14 +169,13 @@ def read_hawq_file(path: str | Path, config_name: str | None = None) -> dict[str
     ``bit_config.py`` (read as literals, never executed).  A file holding several
     configurations needs ``config_name``."""
     path = Path(path)
+    error = _file_error(path)
+    text = read_text_input(path, "import", error=error)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InteropError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    data = None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
+        data = parse_json(text, error)
+    except InteropError:
+        if text.lstrip().startswith(("{", "[")) and json_nesting(text) > MAX_NESTING:
+            raise
         data = _python_literal_dict(text, path)
     return select_hawq_config(data, config_name, source=str(path))
 
@@ -185,12 +185,14 @@ def _python_literal_dict(text: str, path) -> Any:
         tree = ast.parse(text)
     except SyntaxError as exc:
         raise InteropError(f"{path}: neither JSON nor Python ({exc.msg} at line {exc.lineno})") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; expressions nested too deeply
+        raise InteropError(f"{path}: neither JSON nor Python ({str(exc) or 'too deeply nested'})") from None
     for node in tree.body:
         value = node.value if isinstance(node, (ast.Assign, ast.Expr)) else None
         if isinstance(value, ast.Dict):
             try:
                 return ast.literal_eval(value)
-            except ValueError:
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
                 raise InteropError(f"{path}: the dictionary at line {node.lineno} is not made of literals") from None
     raise InteropError(f"{path}: no dictionary found (expected a bit_config dict, as in HAWQ-V3's bit_config.py)")
 
@@ -392,13 +394,11 @@ def parse_nncf_scope(scope: str) -> tuple[str, str]:
 
 def read_nncf_file(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InteropError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise InteropError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return data
+    return load_json_input(path, "import", error=_file_error(path))
+
+
+def _file_error(path):
+    return lambda message: InteropError(f"{path}: {message}")
 
 
 def _find_precision(data: Any) -> tuple[list, Mapping]:

@@ -48,7 +48,7 @@ class Journal:
                 continue
             try:
                 record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deeply
                 warnings.warn(f"{self.path}: line {number} is not a complete JSON record; ignored",
                               RuntimeWarning, stacklevel=2)
                 continue
@@ -70,10 +70,12 @@ class Journal:
         return len(self.records())
 
     def _read_bytes(self) -> bytes:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
+        from ._io import read_input
+        from .errors import UserInputError
+
+        if not self.path.exists() and not self.path.is_symlink():
             return b""
+        return read_input(self.path, "results", error=lambda message: UserInputError(f"{self.path}: {message}"))
 
     # --- writing ------------------------------------------------------------------------
     def repair(self) -> int:
@@ -100,6 +102,9 @@ class Journal:
 
     def _open(self):
         if self._handle is None:
+            from ._io import check_output
+
+            check_output(self.path, parents=True)  # a regular file (or none yet), never a FIFO or device
             new = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.repair()

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .cost.tables import LATENCY_COLUMNS, LatencyTableCost, _act_key, read_latency_csv, table_keys  # noqa: F401
+from .cost.tables import (LATENCY_COLUMNS, LatencyTableCost, _act_key, parse_table_key,  # noqa: F401
+                          read_latency_csv, table_keys)
 from .errors import LatencyTableError
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_text_input
 from .space import SearchSpace
 
 EXTRA_COLUMNS = ("kernel", "kind", "macs", "input_shape")
@@ -65,7 +66,7 @@ def _fmt_act(a) -> str:
     return "float" if a is None else str(a)
 
 
-def write_table(path, rows: Iterable[Row], meta: Mapping[str, str]) -> None:
+def write_table(path, rows: Iterable[Row], meta: Mapping[str, str], *, parents: bool = True) -> None:
     """Write the CSV atomically: ``# key: value`` lines, the header, the rows."""
     out = io.StringIO()
     for key, value in meta.items():
@@ -76,24 +77,22 @@ def write_table(path, rows: Iterable[Row], meta: Mapping[str, str]) -> None:
         latency = "" if row.latency is None else f"{row.latency:.6g}"
         writer.writerow([row.layer, row.weight_bits, _fmt_act(row.act_bits), latency, row.kernel, row.kind,
                          row.macs, row.input_shape])
-    atomic_write_text(path, out.getvalue())
+    atomic_write_text(path, out.getvalue(), parents=parents)
 
 
 def read_template(path) -> tuple[dict[str, str], list[tuple[str, int, int | None]]]:
     """The metadata and the (layer, w, a) keys of a table, filled or not."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LatencyTableError(f"{path}: cannot read latency table ({exc.strerror or exc})") from None
-    meta, reader = read_latency_csv(text, str(path), LATENCY_COLUMNS[:3])
-    keys = []
-    for number, row in enumerate(reader, start=2):
-        try:
-            keys.append((str(row["layer"]), int(row["weight_bits"]), _act_key(row["act_bits"])))
-        except (TypeError, ValueError):
-            raise LatencyTableError(f"{path}: row {number} needs layer, integer weight_bits, act_bits "
-                                    "(integer or 'float')") from None
+    text = read_text_input(path, "latency", error=lambda message: LatencyTableError(f"{path}: {message}"))
+    meta, rows = read_latency_csv(text, str(path), LATENCY_COLUMNS[:3])
+    keys, lines = [], {}
+    for number, row in rows:
+        key = parse_table_key(row, str(path), f"line {number}")
+        if key in lines:
+            raise LatencyTableError(f"{path}: line {number} repeats layer {key[0]!r} at w{key[1]}/"
+                                    f"a{_fmt_act(key[2])} (line {lines[key]} gives it too): keep one row")
+        lines[key] = number
+        keys.append(key)
     return meta, keys
 
 

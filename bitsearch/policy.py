@@ -7,13 +7,12 @@ carry.  ``policy.key`` is a stable hash of the widths, used by caches and journa
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ._io import atomic_write_text, dumps, stable_key
+from ._io import atomic_write_text, dumps, parse_json, read_input, stable_key
 from .errors import PolicyError
 from .space import SearchSpace
 
@@ -193,11 +192,8 @@ class Policy:
         return cls(tuple(bits), granularity, meta)
 
     @classmethod
-    def from_json(cls, text: str, *, source: str | None = None) -> "Policy":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PolicyError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", source) from None
+    def from_json(cls, text: str | bytes, *, source: str | None = None) -> "Policy":
+        data = parse_json(text, lambda message: PolicyError(message, source))
         return cls.from_dict(data, source=source)
 
 
@@ -277,20 +273,16 @@ def _fmt_act(a) -> str:
 
 
 # --- files ---------------------------------------------------------------------------------
-def save_policy(policy: Policy, path: str | os.PathLike) -> None:
-    atomic_write_text(path, policy.to_json())
+def save_policy(policy: Policy, path: str | os.PathLike, *, parents: bool = True) -> None:
+    atomic_write_text(path, policy.to_json(), parents=parents)
 
 
 def load_policy(path: str | os.PathLike, space: SearchSpace | None = None) -> Policy:
-    """Read a policy file; with ``space``, also check it against the space."""
+    """Read a policy file (a regular file within the policy size limit, see
+    :mod:`bitsearch._io`); with ``space``, also check it against the space."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError("no such file", source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"cannot read: {exc}", source) from None
-    policy = Policy.from_json(text, source=source)
+    data = read_input(path, "policy", error=lambda message: PolicyError(message, source))
+    policy = Policy.from_json(data, source=source)
     if space is not None:
         policy = validate_policy(policy, space, source=source)
     return policy

@@ -297,7 +297,8 @@ def parse_bits(text: str, *, allow_none: bool = False) -> tuple[int, ...] | None
                 lo, hi = int(lo), int(hi)
                 if lo > hi:
                     raise ValueError
-                out.update(range(lo, hi + 1))
+                out.update(range(max(lo, 0), min(hi, 17) + 1))  # widths outside 1..16 are refused below
+                out.update(b for b in (lo, hi) if not 1 <= b <= 16)
             else:
                 out.add(int(part))
     except ValueError:

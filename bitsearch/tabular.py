@@ -30,7 +30,6 @@ any problem that has a sensitivity table (``--write-problem``).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import schemas
-from ._io import atomic_write_text, dumps
+from ._io import atomic_write_text, dumps, load_json_input
 from .budget import parse_budget
 from .cost import ANALYTIC, LatencyTableCost, TableCost
 from .errors import ProblemFileError, UserInputError
@@ -66,16 +65,7 @@ def load_problem(path: str | os.PathLike, budgets: Iterable[str] = (), *, granul
     malformed file, and the usual budget errors (unknown cost, infeasible budget).
     """
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProblemFileError(f"{source}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProblemFileError(f"{source}: cannot read: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProblemFileError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    data = load_json_input(path, "problem", error=lambda message: ProblemFileError(f"{source}: {message}"))
     return problem_from_dict(data, budgets, granularity=granularity, source=source)
 
 
@@ -107,6 +97,16 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
         pinned = name in pinned_raw
         sens = entry.get("sensitivity")
         kernels = entry.get("kernels")
+        found = len(problems)
+        if sens is not None:
+            problems += _width_table_problems(where, "sensitivity", sens, weight_bits, "weight_bits")
+        if entry.get("act_sensitivity") is not None:
+            problems += _width_table_problems(where, "act_sensitivity", entry["act_sensitivity"], act_bits or (),
+                                              "act_bits")
+        own_widths = set(weight_bits) | ({int(pinned_raw[name]["weight_bits"])} if pinned else set())
+        for cost, table in entry.get("costs", {}).items():
+            problems += _width_table_problems(where, f"cost {cost!r}", table, sorted(own_widths),
+                                              "weight_bits" + (" or its pinned width" if pinned else ""))
         per_kernel_lengths = {len(v) for v in (sens or {}).values() if isinstance(v, list)}
         if sens is not None and per_kernel_lengths:
             if any(not isinstance(v, list) for v in sens.values()):
@@ -119,6 +119,8 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
                                 f"but the layer has kernels={kernels}")
             elif kernels is None:
                 kernels = per_kernel_lengths.pop()
+        if len(problems) > found:
+            continue  # the tables of this layer cannot be read: go on checking the other layers
         facts = {k: entry[k] for k in _LAYER_FACTS if k in entry}
         facts["kernels"] = kernels or 1
         facts.setdefault("kind", "conv2d")
@@ -142,8 +144,6 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
                     weight[name] = np.array(columns, dtype=float).T  # (kernels, widths)
                 else:
                     weight[name] = np.array([columns], dtype=float)
-                if not np.all(np.isfinite(weight[name])) and not pinned:
-                    problems.append(f"{where}: sensitivity values must be finite numbers")
         if act_searched and not pinned:
             table = entry.get("act_sensitivity")
             missing = [b for b in act_bits if table is None or str(b) not in table]
@@ -161,9 +161,6 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
                                 + (" (every layer must give every cost it names at every width)"
                                    if table is None else ""))
                 continue
-            negative = [b for b, v in table.items() if v < 0]
-            if negative:
-                problems.append(f"{where}: cost {cost!r} is negative at widths {sorted(negative, key=int)}")
             cost_values.setdefault(cost, {})[name] = {int(b): float(v) for b, v in table.items()}
     for group in data.get("tied", []):
         unknown = [n for n in group if n not in seen]
@@ -211,6 +208,38 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
     problem = Problem.build(space, budgets, sensitivity=table, cost_models=tables, report=report)
     problem.info["source"] = source
     return problem
+
+
+def _width_table_problems(where: str, what: str, table: Mapping, allowed, allowed_name: str) -> list[str]:
+    """What is wrong with a width -> value table (values: numbers, or per-kernel lists of
+    numbers): widths that are not among ``allowed``, or not written as plain integers,
+    and values that are not finite or are negative; at most one problem of each kind."""
+    out = []
+    allowed = set(allowed)
+    plain = all(k.isascii() and k.isdigit() for k in table)
+    odd = [k for k in table if str(int(k)) != k] if plain else [k for k in table if not (k.isascii() and k.isdigit())]
+    if odd:
+        out.append(f"{where}: {what} has width keys {odd[:4]} that are not plain integers (write '4', not '04')")
+    foreign = sorted({int(k) for k in table if k.isascii() and k.isdigit() and int(k) not in allowed})
+    if foreign:
+        out.append(f"{where}: {what} gives widths {foreign}, which are not among {allowed_name} {sorted(allowed)}")
+    bad, negative = [], []
+    for key, value in table.items():
+        values = value if isinstance(value, list) else [value]
+        try:
+            array = np.asarray(values, dtype=float)
+        except (TypeError, ValueError, OverflowError):
+            bad.append(key)
+            continue
+        if not np.all(np.isfinite(array)):
+            bad.append(key)
+        elif np.any(array < 0):
+            negative.append(key)
+    if bad:
+        out.append(f"{where}: {what} at width {bad[0]} is not a finite number (nan, inf or too large)")
+    if negative:
+        out.append(f"{where}: {what} is negative at width {negative[0]} (sensitivities and costs are >= 0)")
+    return out
 
 
 def _check_schema(data: Any, source: str) -> None:
@@ -303,6 +332,6 @@ def problem_to_dict(problem: Problem) -> dict:
     return out
 
 
-def write_problem(problem: Problem, path: str | os.PathLike) -> None:
+def write_problem(problem: Problem, path: str | os.PathLike, *, parents: bool = True) -> None:
     """Write ``problem`` as a ``bitsearch-problem`` file (atomically)."""
-    atomic_write_text(path, dumps(problem_to_dict(problem)))
+    atomic_write_text(path, dumps(problem_to_dict(problem)), parents=parents)

@@ -54,3 +54,8 @@ def data_of_wrong_shape() -> Task:
 
 
 NOT_CALLABLE = "a string"
+
+
+def tiny_shape_only() -> Task:
+    """The tiny MLP without data: a shape-only task (costs, latency tables), built in milliseconds."""
+    return Task("tiny-shape", model_factory=TinyMLP, input_shape=(4,), description="the tiny MLP, shape only")

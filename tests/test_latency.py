@@ -38,7 +38,7 @@ def test_template_rows_and_metadata(tmp_path, capsys):
     assert len(keys) == len(layers) * 3 * 3
     assert (layers[0], 8, None) in keys and (layers[-1], 2, 4) in keys
     # an unfilled template is refused with a clear message, never read as zeros
-    with pytest.raises(LatencyTableError, match="latency must be a number"):
+    with pytest.raises(LatencyTableError, match="has no latency"):
         LatencyTableCost.load(out)
     # filled in (as a user would), it is what the latency cost model reads
     text = out.read_text().replace("FILL IN: the device these latencies were measured on", "my board")

@@ -31,13 +31,12 @@ torch (through the task), matplotlib, tqdm and dask are imported when used.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .._io import atomic_write_text, dumps
+from .._io import atomic_write_text, check_output, check_output_dir, dumps, load_json_input
 from ..errors import UserInputError
 from ..journal import Journal
 from ..progress import Bar, SearchProgress, progress_enabled
@@ -94,7 +93,7 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     backend = choose_backend(jobs, scheduler)
-    out = Path(out)
+    out = check_bench_dir(out, plots=plots)
     journal_path = out / JOURNAL_NAME
     journal = Journal(journal_path)
     if journal_path.exists() and journal_path.stat().st_size > 0 and not resume:
@@ -143,11 +142,30 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
     return BenchOutcome(out, len(runs), resumed, ran, failed, skipped, results)
 
 
+def check_bench_dir(out: str | os.PathLike, *, plots: bool = True) -> Path:
+    """The bench's output folder, checked before any run (see
+    :func:`bitsearch._io.check_output_dir`; it and its parents are created when missing),
+    and every file the bench writes in it (:func:`bitsearch._io.check_output`): a run's
+    results are never lost to a folder or a device where the report goes."""
+    given = Path(out)
+    check_output_dir(given, what="--out")
+    names = ["suite.json", "results.json", "report.md"] + (["pareto.png", "curves.png"] if plots else [])
+    for name in names:
+        check_output(given / name, parents=True)
+    journal = given / JOURNAL_NAME
+    if journal.exists() and not journal.is_file():
+        check_output(journal)  # raises: the journal is appended to, so it must be a regular file
+    policies = given / "policies"
+    if policies.exists() and not policies.is_dir():
+        check_output_dir(policies)
+    return given
+
+
 def _previous_commands(out: Path) -> list[str]:
     try:
-        data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        data = load_json_input(out / "results.json", "results", error=UserInputError)
         return list(data.get("commands") or ([data["command"]] if data.get("command") else []))
-    except (OSError, ValueError, AttributeError):
+    except (UserInputError, ValueError, AttributeError, RecursionError):
         return []
 
 

@@ -4,14 +4,13 @@ the README shows."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import __version__
-from .._io import atomic_write_text
+from .._io import atomic_write_text, load_json_input, read_text_input
 from ..errors import UserInputError
 from .plan import Run
 from .suite import Scoring, Suite
@@ -317,7 +316,7 @@ def render_table(results: Mapping[str, Any]) -> str:
 
 def replace_readme_block(readme: str | os.PathLike, name: str, table: str) -> None:
     path = Path(readme)
-    text = path.read_text(encoding="utf-8")
+    text = read_text_input(path, "results", error=lambda message: UserInputError(f"{path}: {message}"))
     start, end = f"<!-- bench-table:{name} -->", f"<!-- /bench-table:{name} -->"
     if start not in text or end not in text:
         raise UserInputError(f"{path}: no block '{start}' ... '{end}' to fill; add those two lines where the "
@@ -332,13 +331,11 @@ def load_results(directory: str | os.PathLike) -> dict:
     path = Path(directory)
     if path.is_dir():
         path = path / "results.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such file (run the bench first)") from None
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{path}: not valid JSON: {exc}") from None
-    if data.get("schema") != SCHEMA:
-        raise UserInputError(f"{path}: not a bench results file (schema {data.get('schema')!r})")
+    if not path.exists():
+        raise UserInputError(f"{path}: no such file (run the bench first)")
+    data = load_json_input(path, "results", error=lambda message: UserInputError(f"{path}: {message}"))
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        schema = data.get("schema") if isinstance(data, dict) else None
+        raise UserInputError(f"{path}: not a bench results file (schema {schema!r})")
     return data
 

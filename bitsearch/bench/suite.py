@@ -221,20 +221,14 @@ def load_suite(path: str | os.PathLike) -> Suite:
 
 
 def _load_toml(path: Path) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such suite file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"{path}: cannot read the suite: {exc}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise _suite_error(path, f"not valid TOML: {exc}") from None
+    from .._io import parse_toml, read_text_input
+
+    def error(message):
+        return _suite_error(path, message)
+
+    if not path.exists() and not path.is_symlink():
+        raise error("no such suite file")
+    return parse_toml(read_text_input(path, "suite", error=error), error)
 
 
 def _suite_error(path, message) -> UserInputError:
@@ -288,10 +282,9 @@ def _variants(data: Mapping[str, Any], path: str, directory: Path) -> tuple[Vari
                 raise _suite_error(path, f"problem file {source!r} sets its own widths: [space] may only give "
                                          f"granularity (not {given})")
             file = Path(source) if Path(source).is_absolute() else directory / source
-            try:
-                digest = file_digest(file)
-            except OSError:
-                raise _suite_error(path, f"problem file {str(file)!r}: no such file") from None
+            digest = file_digest(file, "problem",
+                                 error=lambda message, file=file: _suite_error(path, f"problem file {str(file)!r}: "
+                                                                                      f"{message}"))
             variants += [Variant(kind, str(file), g, (), None, None, 1.0, digest) for g in granularities]
         else:
             variants += [Variant(kind, source, g, weight_bits, act_bits, pin, width_mult) for g in granularities]

@@ -60,7 +60,8 @@ def register(subparsers) -> None:
     p.add_argument("what", nargs="+", metavar="SUITE | table DIR | report SUITE DIR",
                    help="the suite file (TOML; format below), or an action and its arguments")
     run = p.add_argument_group("running a suite")
-    run.add_argument("--out", metavar="DIR", help="output directory (default: bench-<suite name>)")
+    run.add_argument("--out", metavar="DIR", help="output directory, created with its parents when missing "
+                                                         "(default: bench-<suite name>)")
     run.add_argument("--resume", action="store_true",
                      help="finish a bench in DIR: runs recorded in its journal are not run again")
     run.add_argument("--jobs", type=int, default=None, metavar="N",

@@ -55,6 +55,17 @@ def print_result(problem, policy, metrics, costs) -> None:
         print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
 
+def check_outputs(*options: tuple[str, str | None]) -> None:
+    """Check every ``(option, path)`` the command will write, before any work: a regular
+    file or a new name in an existing folder (see :func:`bitsearch._io.check_output`;
+    commands that write files never create folders), else one line and exit code 2."""
+    from .._io import check_output
+
+    for option, path in options:
+        if path:
+            check_output(path, parents=False, what=option)
+
+
 def write_output(text: str, out: str | None, detail: str = "") -> None:
     """``text`` into the file ``out`` (atomically; "wrote OUT" on standard error), or onto
     standard output when no file is named."""
@@ -63,7 +74,7 @@ def write_output(text: str, out: str | None, detail: str = "") -> None:
     from .._io import atomic_write_text
 
     if out:
-        atomic_write_text(out, text)
+        atomic_write_text(out, text, parents=False)
         print(f"wrote {out}" + (f" ({detail})" if detail else ""), file=sys.stderr)
     else:
         sys.stdout.write(text)

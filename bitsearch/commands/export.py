@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import write_output
+from .common import check_outputs, write_output
 
 
 def register(subparsers) -> None:
@@ -17,5 +17,6 @@ def cmd_export(args) -> int:
     from ..export import export_policy
     from ..policy import load_policy
 
+    check_outputs(("--out", args.out))
     write_output(export_policy(load_policy(args.policy), args.to), args.out)
     return 0

@@ -9,6 +9,7 @@ import json
 import sys
 
 from ..progress import limit_threads, progress_enabled
+from .common import check_outputs
 
 DESCRIPTION = """\
 Fine-tune the task's model at the policy's widths: LSQ step sizes for weights, PACT
@@ -59,6 +60,7 @@ def cmd_finetune(args) -> int:
     from ..policy import load_policy
     from ..tasks import get_task
 
+    check_outputs(("--out", args.out), ("--checkpoint", args.checkpoint or f"{args.out}.ckpt"))
     policy = load_policy(args.policy)
     task = get_task(args.task)
     if task.shape_only:

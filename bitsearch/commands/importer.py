@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import write_output
+from .common import check_outputs, write_output
 
 DESCRIPTION = """\
 Read the bit widths of another tool and write a bitsearch policy JSON.
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
 def cmd_import(args) -> int:
     from .. import interop
 
+    check_outputs(("--out", args.out))
     space = _task_space(args.task) if args.task else None
     model = {"name": space.model_name, "fingerprint": space.fingerprint} if space is not None else None
     if args.source_format == "hawq":

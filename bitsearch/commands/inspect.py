@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import add_space_options, space_options
+from .common import add_space_options, check_outputs, space_options
 
 
 def register(subparsers) -> None:
@@ -29,6 +29,7 @@ def cmd_inspect(args) -> int:
     from ..policy import Policy
     from ..tasks import get_task
 
+    check_outputs(("--write-problem", args.write_problem))
     task = get_task(args.task)
     options = space_options(args)
     space = space_for_task(task, options, width_mult=args.width_mult)
@@ -95,5 +96,5 @@ def _write_problem(space, task, args) -> None:
     from ..tabular import write_problem
 
     table = sensitivity_module.estimate(task, space, args.sensitivity, width_mult=args.width_mult)
-    write_problem(Problem.build(space, (), sensitivity=table, task=task.name), args.write_problem)
+    write_problem(Problem.build(space, (), sensitivity=table, task=task.name), args.write_problem, parents=False)
     print(f"wrote {args.write_problem}", file=sys.stderr)

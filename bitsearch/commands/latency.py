@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..progress import Bar
+from .common import check_outputs
 
 DESCRIPTION = """\
 Latency tables for 'bitsearch search --latency-table FILE --budget latency=...'.
@@ -85,13 +86,14 @@ def cmd_latency(args) -> int:
     from .. import latency
     from ..errors import LatencyTableError, UserInputError
 
+    check_outputs(("--out", args.out))
     task, space = _space(args)
     if args.latency_command == "template":
         keys = latency.table_keys(space, act_bits=args.table_acts)
         layers = {l.name: l for l in space.layers}
         rows = [latency.Row(n, w, a, None, "", layers[n].kind, layers[n].macs) for n, w, a in keys]
         meta = latency.template_meta(task.name, space, space.weight_bits, args.table_acts)
-        latency.write_table(args.out, rows, meta)
+        latency.write_table(args.out, rows, meta, parents=False)
         print(f"wrote {args.out}: {len(rows)} rows for {len(space.layers)} layers; fill the latency column "
               "and the device line", file=sys.stderr)
         return 0
@@ -115,7 +117,7 @@ def cmd_latency(args) -> int:
                                              progress=lambda done, total: bar.set(done, total=total),
                                              int8=not args.float_only)
     meta["model"] = f"{space.model_name} {space.fingerprint}"
-    latency.write_table(args.out, rows, meta)
+    latency.write_table(args.out, rows, meta, parents=False)
     total = {}
     for row in rows:
         total.setdefault((row.weight_bits, row.act_bits), 0.0)

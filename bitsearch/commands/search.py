@@ -7,7 +7,7 @@ import json
 
 from ..errors import UserInputError
 from ..progress import SearchProgress, limit_threads, progress_enabled
-from .common import add_space_options, print_result, space_options
+from .common import add_space_options, check_outputs, print_result, space_options
 
 EXAMPLES = """\
 examples:
@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any searcher setting, e.g. --set samples=200 (see bitsearch searchers)")
     o = p.add_argument_group("output")
-    o.add_argument("--out", metavar="FILE", help="write the policy JSON here")
+    o.add_argument("--out", metavar="FILE", help="write the policy JSON here (a new or regular file in an existing folder)")
     o.add_argument("--write-problem", metavar="FILE", help="also write the problem as a tabular problem file")
     o.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_search)
@@ -73,6 +73,7 @@ def cmd_search(args) -> int:
     from ..build import parse_settings
     from ..policy import save_policy
 
+    check_outputs(("--out", args.out), ("--write-problem", args.write_problem))
     if not args.budget:
         raise UserInputError("give at least one --budget, e.g. --budget size=4bit")
     for text in args.budget:  # fail on a bad budget before any training
@@ -89,14 +90,14 @@ def cmd_search(args) -> int:
     if args.write_problem:
         from ..tabular import write_problem
 
-        write_problem(problem, args.write_problem)
+        write_problem(problem, args.write_problem, parents=False)
     bar = SearchProgress(f"{args.searcher}")
     try:
         result = searcher.search(problem, seed=args.seed, callback=bar)
     finally:
         bar.close()
     if args.out:
-        save_policy(result.policy, args.out)
+        save_policy(result.policy, args.out, parents=False)
     if args.json:
         print(json.dumps({**result.summary(), "policy": result.policy.to_dict(),
                           "out": args.out}, indent=2, default=str))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .._io import parse_json, read_text_input
 from ..errors import LatencyTableError, ProblemFileError
 from ..space import Layer, SearchSpace
 from .base import CostModel
@@ -19,6 +20,8 @@ LATENCY_COLUMNS = ("layer", "weight_bits", "act_bits", "latency")
 def _act_key(value) -> int | None:
     if value is None:
         return None
+    if isinstance(value, (bool, float)):
+        raise ValueError(value)
     text = str(value).strip().lower()
     if text in ("", "none", "float", "fp32", "null"):
         return None
@@ -41,21 +44,55 @@ def table_keys(space: SearchSpace, weight_bits: Iterable[int] | None = None,
     return keys
 
 
-def read_latency_csv(text: str, source: str, required) -> tuple[dict[str, str], csv.DictReader]:
-    """Split a latency CSV into its ``# key: value`` metadata lines (keys lower-cased) and a
-    reader over its rows; raises :class:`LatencyTableError` when a ``required`` column is missing."""
-    meta, body = {}, []
-    for line in text.splitlines():
+#: the widths a latency table may name (32 is a float weight)
+TABLE_WIDTHS = range(1, 33)
+
+
+def read_latency_csv(text: str, source: str, required) -> tuple[dict[str, str], list[tuple[int, dict]]]:
+    """Split a latency CSV into its ``# key: value`` metadata lines (keys lower-cased) and its
+    rows, each with its line number in the file; raises :class:`LatencyTableError` when a
+    ``required`` column is missing or the CSV does not parse."""
+    meta, body, numbers = {}, [], []
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.lstrip().startswith("#"):
             key, _, value = line.lstrip("# ").partition(":")
             meta[key.strip().lower()] = value.strip()
         elif line.strip():
             body.append(line)
+            numbers.append(number)
     reader = csv.DictReader(io.StringIO("\n".join(body)))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise LatencyTableError(f"{source}: missing columns {missing}; expected {','.join(LATENCY_COLUMNS)}")
-    return meta, reader
+    try:
+        fields = reader.fieldnames or []
+        missing = [c for c in required if c not in fields]
+        if missing:
+            raise LatencyTableError(f"{source}: missing columns {missing}; expected {','.join(LATENCY_COLUMNS)}")
+        rows = []
+        for row in reader:
+            rows.append((numbers[min(reader.line_num, len(numbers)) - 1], row))
+    except csv.Error as exc:
+        line = numbers[min(max(reader.line_num, 1), len(numbers)) - 1] if numbers else 1
+        raise LatencyTableError(f"{source}: line {line} is not CSV ({exc})") from None
+    return meta, rows
+
+
+def parse_table_key(row, source: str, where: str) -> tuple[str, int, int | None]:
+    """``(layer, weight_bits, act_bits)`` of a table row; widths within 1..32 (act: or float)."""
+    try:
+        layer, weight, act = row["layer"], row["weight_bits"], row["act_bits"]
+        if not isinstance(layer, str) or not layer.strip() or isinstance(weight, (bool, float)):
+            raise ValueError
+        key = (layer.strip(), int(str(weight).strip()), _act_key(act))
+    except (KeyError, TypeError, ValueError):
+        raise LatencyTableError(f"{source}: {where} needs layer, integer weight_bits, act_bits "
+                                f"(integer or 'float')") from None
+    if key[1] not in TABLE_WIDTHS or not (key[2] is None or key[2] in TABLE_WIDTHS):
+        raise LatencyTableError(f"{source}: {where}: widths w{key[1]}/a{_act_text(key[2])} are outside "
+                                f"{TABLE_WIDTHS.start}..{TABLE_WIDTHS.stop - 1} bits")
+    return key
+
+
+def _act_text(act) -> str:
+    return "float" if act is None else str(act)
 
 
 class LatencyTableCost(CostModel):
@@ -81,11 +118,12 @@ class LatencyTableCost(CostModel):
     per_kernel = "max"
 
     def __init__(self, entries: Mapping[tuple[str, int, int | None], float], *,
-                 device: str, unit: str = "ms", source: str = ""):
+                 device: str, unit: str = "ms", source: str = "", rows: Mapping | None = None):
         if not device:
             raise LatencyTableError(f"{source or 'latency table'}: the device is not named "
                                     "(add a '# device: ...' line or a 'device' field)")
         self.entries = dict(entries)
+        self.rows = dict(rows or {})  # key -> where the file gives it ("line 7", "entry 3")
         self.device = device
         self.unit = unit
         self.source = source
@@ -93,53 +131,65 @@ class LatencyTableCost(CostModel):
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTableCost":
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise LatencyTableError(f"{path}: cannot read latency table ({exc.strerror or exc})") from None
+        text = read_text_input(path, "latency", error=lambda message: LatencyTableError(f"{path}: {message}"))
         if path.suffix.lower() == ".json":
             return cls._from_json(text, str(path))
         return cls._from_csv(text, str(path))
 
     @classmethod
     def _from_csv(cls, text: str, source: str) -> "LatencyTableCost":
-        meta, reader = read_latency_csv(text, source, LATENCY_COLUMNS)
-        entries = {}
-        for number, row in enumerate(reader, start=2):
-            entries[cls._entry_key(row, source, number)] = cls._entry_value(row, source, number)
-            if row.get("device") and "device" not in meta:
-                meta["device"] = row["device"]
-        return cls(entries, device=meta.get("device", ""), unit=meta.get("unit", "ms"), source=source)
+        meta, rows = read_latency_csv(text, source, LATENCY_COLUMNS)
+        device = meta.get("device") or next((row["device"] for _, row in rows
+                                             if isinstance(row.get("device"), str) and row["device"]), "")
+        return cls._from_rows(((f"line {number}", row) for number, row in rows), source,
+                              device=device, unit=meta.get("unit", "ms"))
 
     @classmethod
     def _from_json(cls, text: str, source: str) -> "LatencyTableCost":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LatencyTableError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = parse_json(text, lambda message: LatencyTableError(f"{source}: {message}"))
         if not isinstance(data, dict) or data.get("schema") != "bitsearch-latency-table":
             raise LatencyTableError(f"{source}: expected an object with schema 'bitsearch-latency-table'")
-        entries = {}
-        for number, row in enumerate(data.get("entries", []), start=1):
-            entries[cls._entry_key(row, source, number)] = cls._entry_value(row, source, number)
-        return cls(entries, device=data.get("device", ""), unit=data.get("unit", "ms"), source=source)
+        entries = data.get("entries", [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise LatencyTableError(f"{source}: 'entries' must be a list of objects with layer, weight_bits, "
+                                    "act_bits and latency")
+        for field_name in ("device", "unit"):
+            if not isinstance(data.get(field_name, ""), str):
+                raise LatencyTableError(f"{source}: '{field_name}' must be a string")
+        return cls._from_rows(((f"entry {number}", row) for number, row in enumerate(entries, start=1)), source,
+                              device=data.get("device", ""), unit=data.get("unit", "ms"))
+
+    @classmethod
+    def _from_rows(cls, rows, source: str, *, device: str, unit: str) -> "LatencyTableCost":
+        """The table of ``(where, row)`` pairs: every row parsed and checked (widths, a finite
+        latency >= 0), and no two rows for the same layer and widths."""
+        entries, wheres = {}, {}
+        for where, row in rows:
+            key = parse_table_key(row, source, where)
+            value = cls._entry_value(row, source, where)
+            if key in entries:
+                same = "the same latency" if entries[key] == value else f"{entries[key]:g} and {value:g}"
+                raise LatencyTableError(f"{source}: {where} repeats layer {key[0]!r} at w{key[1]}/"
+                                        f"a{_act_text(key[2])} ({wheres[key]} gives it too; {same}): keep one row")
+            entries[key] = value
+            wheres[key] = where
+        return cls(entries, device=device, unit=unit, source=source, rows=wheres)
 
     @staticmethod
-    def _entry_key(row, source, number):
+    def _entry_value(row, source, where) -> float:
+        raw = row.get("latency")
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raise LatencyTableError(f"{source}: {where} has no latency (fill the latency column)")
         try:
-            return (str(row["layer"]), int(row["weight_bits"]), _act_key(row["act_bits"]))
-        except (KeyError, TypeError, ValueError):
-            raise LatencyTableError(f"{source}: entry {number} needs layer, integer weight_bits, "
-                                    f"act_bits (integer or 'float')") from None
-
-    @staticmethod
-    def _entry_value(row, source, number) -> float:
-        try:
-            value = float(row["latency"])
-        except (KeyError, TypeError, ValueError):
-            raise LatencyTableError(f"{source}: entry {number}: latency must be a number") from None
-        if not value >= 0:
-            raise LatencyTableError(f"{source}: entry {number}: latency {value} is negative")
+            if isinstance(raw, bool):
+                raise TypeError
+            value = float(raw)
+        except (TypeError, ValueError, OverflowError):
+            raise LatencyTableError(f"{source}: {where}: latency {str(raw)[:40]!r} is not a number") from None
+        if math.isnan(value) or math.isinf(value):
+            raise LatencyTableError(f"{source}: {where}: latency {str(raw)[:40]!r} is not a finite number")
+        if value < 0:
+            raise LatencyTableError(f"{source}: {where}: latency {value:g} is negative")
         return value
 
     def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
@@ -154,12 +204,24 @@ class LatencyTableCost(CostModel):
         return table_keys(space)
 
     def validate(self, space: SearchSpace) -> None:
+        names = set(space.names)
+        for key in self.entries:
+            if key[0] not in names:
+                where = self.rows.get(key)
+                raise LatencyTableError(f"{self.source or 'latency table'}: {where + ': ' if where else ''}layer "
+                                        f"{key[0]!r} is not a layer of {space.model_name or 'the model'} "
+                                        f"(its layers are {_few(space.names)}); a table for another model?")
         missing = [k for k in self.required_keys(space) if k not in self.entries]
         if missing:
             shown = ", ".join(f"{n} w{w}/a{'float' if a is None else a}" for n, w, a in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise LatencyTableError(f"{self.source or 'latency table'} ({self.device}): {len(missing)} "
                                     f"entries missing: {shown}{more}; measure them or narrow the bit choices")
+
+
+def _few(names, limit=5) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 class TableCost(CostModel):
