@@ -42,9 +42,31 @@ def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
-def worker_init(threads: int) -> None:
-    """Set up a fresh worker process: at most ``threads`` CPU threads for its libraries."""
+def worker_init(threads: int, parent: int | None = None) -> None:
+    """Set up a fresh worker process: at most ``threads`` CPU threads for its libraries, and
+    (with ``parent``, the pid of the bench) an end when the bench ends (:func:`watch_parent`)."""
     limit_threads(threads, import_torch=False, environment=True)
+    if parent is not None:
+        watch_parent(parent)
+
+
+def watch_parent(parent: int, interval: float = 0.25) -> None:
+    """End this process as soon as ``parent`` is no longer its parent process: a bench
+    killed with SIGKILL (which runs no clean-up) leaves no worker behind.  A daemon thread
+    polls ``os.getppid()`` (a dead parent's children are re-parented), which works
+    whichever thread of the parent started this process (``PR_SET_PDEATHSIG`` would fire
+    when that thread ends)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)  # the results can no longer be delivered; a resumed bench runs them again
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="bitsearch-parent-watch", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,7 @@ class LocalProcesses:
 
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=worker_init,
-                                   initargs=(threads_per_job(self.jobs),))
+                                   initargs=(threads_per_job(self.jobs), os.getpid()))
         try:
             futures = [pool.submit(execute_unit, unit) for unit in units]
             for future in as_completed(futures):
