@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import random
+from dataclasses import dataclass
 
 import numpy as np
 
-from bitsearch.errors import SearcherSettingsError
+from bitsearch.settings import SearcherSettings, setting
+
+from .rl import OFF_POLICY
+
+REWARD_FORMS = ("haq", "autoq")  # as bitsearch.envs.quant_env.REWARD_FORMS (not imported: that needs gymnasium)
 
 
 def truncated_normal(rng: np.random.Generator, mean, sigma: float, low: float, high: float) -> np.ndarray:
@@ -61,30 +66,33 @@ class RewardNormalizer:
         return (np.asarray(reward, dtype=float) - self.mean) / self.scale
 
 
-#: Settings of the env and the run that haq and autoq share (see docs/rl.md).
-ENV_DEFAULTS = {
-    "reward_scale": 1.0,
-    "cost_weights": {},
-    "projection_penalty": 0.0,
-    "objective": "auto",
-    "threads": 1,
-}
+@dataclass(frozen=True, kw_only=True)
+class RLSettings(SearcherSettings):
+    """Settings haq and autoq share: the episode loop, the (high-level) learner, the env
+    and the run (see docs/rl.md)."""
 
-
-def check_common_settings(name: str, settings: dict) -> None:
-    episodes = settings.get("episodes")
-    if not isinstance(episodes, int) or episodes < 1:
-        raise SearcherSettingsError(f"{name}: episodes must be a positive integer (got {episodes!r})")
-    warmup = settings.get("warmup")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise SearcherSettingsError(f"{name}: warmup must be a non-negative integer (got {warmup!r})")
-    for key in ("actor_lr", "critic_lr", "tau", "noise", "noise_decay"):
-        if key in settings and not float(settings[key]) >= 0:
-            raise SearcherSettingsError(f"{name}: {key} must be >= 0 (got {settings[key]!r})")
-    if settings.get("objective", "auto") not in ("auto", "sensitivity"):
-        raise SearcherSettingsError(f"{name}: objective must be 'auto' or 'sensitivity'")
-    if settings.get("reward") not in ("haq", "autoq"):
-        raise SearcherSettingsError(f"{name}: reward must be 'haq' or 'autoq' (got {settings.get('reward')!r})")
+    episodes: int = setting(300, ge=1, help="episodes (one policy each)")
+    warmup: int = setting(20, ge=0, help="episodes of uniformly random actions first, without training")
+    algorithm: str = setting("ddpg", choices=OFF_POLICY, help="stable-baselines3 algorithm of the agent")
+    actor_lr: float = setting(1e-4, gt=0, help="actor learning rate")
+    critic_lr: float = setting(1e-3, gt=0, help="critic learning rate")
+    net_arch: tuple[int, ...] = setting((300, 300), ge=1, help="hidden layer sizes of actor and critic")
+    batch_size: int = setting(64, ge=1, help="replay batch size")
+    buffer_episodes: int = setting(128, ge=1, help="replay buffer size, in episodes")
+    tau: float = setting(0.01, gt=0, le=1, help="soft target-update rate")
+    gamma: float = setting(1.0, ge=0, le=1, help="discount")
+    noise: float = setting(0.5, ge=0, help="exploration noise sigma after the warm-up (truncated normal)")
+    noise_decay: float = setting(0.99, ge=0, le=1, help="noise factor per episode after the warm-up")
+    gradient_steps: int = setting(1, ge=0, help="updates per decision after each episode")
+    reward: str = setting("haq", choices=REWARD_FORMS, help="reward form: haq (accuracy points) or autoq (log ratio)")
+    reward_scale: float = setting(1.0, gt=0, help="multiplies the reward")
+    cost_weights: dict[str, float] = setting({}, help="AutoQ's accuracy-guaranteed reward: cost name -> psi; "
+                                                      "the reward loses psi * log(cost / limit)")
+    projection_penalty: float = setting(0.0, ge=0, help="reward lost per squared width step the budget "
+                                                        "projection takes away, per unit")
+    objective: str = setting("auto", choices=("auto", "sensitivity"),
+                             help="auto: the problem's; sensitivity: score episodes with the table")
+    threads: int | None = setting(1, ge=1, help="torch threads while searching (None: leave as is)")
 
 
 class RunEnv:
@@ -97,19 +105,18 @@ class RunEnv:
     beat the best reward so far are evaluated by the run.
     """
 
-    def __init__(self, problem, run, settings: dict, *, action_type: str = "continuous"):
+    def __init__(self, problem, run, settings: RLSettings, *, action_type: str = "continuous"):
         from bitsearch.envs import QuantEnv
 
-        objective = settings.get("objective", "auto")
+        objective = settings.objective
         self.run = run
         self.episode = 0
-        self.total = int(settings["episodes"])
+        self.total = settings.episodes
         self.separate = objective == "sensitivity" and problem.objective != "sensitivity"
         evaluate = None if self.separate else self._evaluate
-        self.env = QuantEnv(problem, action_type=action_type, reward=settings["reward"],
-                            reward_scale=float(settings.get("reward_scale", 1.0)),
-                            cost_weights=settings.get("cost_weights") or None, objective=objective,
-                            projection_penalty=float(settings.get("projection_penalty", 0.0)),
+        self.env = QuantEnv(problem, action_type=action_type, reward=settings.reward,
+                            reward_scale=settings.reward_scale, cost_weights=settings.cost_weights or None,
+                            objective=objective, projection_penalty=settings.projection_penalty,
                             evaluate=evaluate)
         self.best_reward = -np.inf
 

@@ -22,67 +22,50 @@ stable-baselines3 also work.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from bitsearch.errors import SearcherSettingsError
 from bitsearch.search import BaseSearcher, SearchRun
 
-from .common import ENV_DEFAULTS, RewardNormalizer, RunEnv, check_common_settings, record_episode, tidy_process, truncated_normal
-from .rl import OFF_POLICY, OffPolicyLearner
+from .common import RewardNormalizer, RLSettings, RunEnv, record_episode, tidy_process, truncated_normal
+from .rl import OffPolicyLearner
+
+
+@dataclass(frozen=True, kw_only=True)
+class HAQSettings(RLSettings):
+    """:class:`~bitsearch.agents.common.RLSettings` with HAQ's defaults."""
 
 
 class HAQSearcher(BaseSearcher):
     name = "haq"
     description = "flat DDPG over layers (HAQ, Wang et al. 2019), budget kept by projection"
-    defaults = {
-        "episodes": 300,
-        "warmup": 20,
-        "algorithm": "ddpg",
-        "actor_lr": 1e-4,
-        "critic_lr": 1e-3,
-        "net_arch": [300, 300],
-        "batch_size": 64,
-        "buffer_episodes": 128,
-        "tau": 0.01,
-        "gamma": 1.0,
-        "noise": 0.5,
-        "noise_decay": 0.99,
-        "gradient_steps": 1,
-        "reward": "haq",
-        **ENV_DEFAULTS,
-    }
-
-    def check(self, problem):
-        super().check(problem)
-        s = self.settings
-        check_common_settings(self.name, s)
-        if str(s["algorithm"]).lower() not in OFF_POLICY:
-            raise SearcherSettingsError(f"haq: algorithm {s['algorithm']!r} is not one of {', '.join(OFF_POLICY)}")
+    settings_class = HAQSettings
 
     def _search(self, problem, run: SearchRun):
-        with tidy_process(self.settings["threads"]):
+        with tidy_process(self.config.threads):
             self._loop(problem, run)
         return None  # the best evaluated policy
 
     def _loop(self, problem, run: SearchRun):
-        s = self.settings
-        episodes, warmup = int(s["episodes"]), int(s["warmup"])
-        algorithm = str(s["algorithm"]).lower()
+        s = self.config
+        episodes, warmup = s.episodes, s.warmup
+        algorithm = s.algorithm
         wrapped = RunEnv(problem, run, s, action_type="continuous")
         env = wrapped.env
         steps = env.n_steps
         learner = OffPolicyLearner(
-            algorithm, env.observation_space.shape[0], 1, actor_lr=float(s["actor_lr"]),
-            critic_lr=float(s["critic_lr"]), net_arch=s["net_arch"],
-            buffer_size=max(int(s["buffer_episodes"]) * steps, int(s["batch_size"])), tau=float(s["tau"]),
-            gamma=float(s["gamma"]), seed=run.seed)
+            algorithm, env.observation_space.shape[0], 1, actor_lr=s.actor_lr,
+            critic_lr=s.critic_lr, net_arch=s.net_arch,
+            buffer_size=max(s.buffer_episodes * steps, s.batch_size), tau=s.tau,
+            gamma=s.gamma, seed=run.seed)
         rng = np.random.default_rng(run.seed)
         normalize = RewardNormalizer(max(warmup, 1))
         pending = []
         for episode in range(episodes):
             wrapped.episode = episode
             exploring = episode < warmup
-            sigma = float(s["noise"]) * float(s["noise_decay"]) ** max(0, episode - warmup)
+            sigma = s.noise * s.noise_decay ** max(0, episode - warmup)
             obs, _ = env.reset(seed=run.seed if episode == 0 else None)
             observations = np.empty((steps, obs.shape[0]), dtype=np.float32)
             next_observations = np.empty_like(observations)
@@ -109,7 +92,7 @@ class HAQSearcher(BaseSearcher):
                     learner.add(o, a, np.full(steps, normalize(r)), n, d)
                 pending.clear()
             if not exploring:
-                learner.train(int(s["gradient_steps"]) * steps, int(s["batch_size"]))
+                learner.train(s.gradient_steps * steps, s.batch_size)
             if not record_episode(run, wrapped, episode, result, noise=0.0 if exploring else sigma):
                 break
         run.info["agent"] = {"algorithm": algorithm, "decisions_per_episode": steps,

@@ -46,70 +46,56 @@ an off-policy replay buffer takes in batches).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from bitsearch.errors import SearcherSettingsError
 from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.settings import setting
 
-from .common import ENV_DEFAULTS, RewardNormalizer, RunEnv, check_common_settings, record_episode, tidy_process, truncated_normal
+from .common import REWARD_FORMS, RewardNormalizer, RLSettings, RunEnv, record_episode, tidy_process, truncated_normal
 from .rl import OFF_POLICY, OffPolicyLearner, PPOLearner
 
 HIGH_ALGORITHMS = OFF_POLICY + ("ppo",)
 LOW_EXTRA = 4  # goal, activation position, budget left, kernel's sensitivity rank in its layer
 
 
+@dataclass(frozen=True, kw_only=True)
+class AutoQSettings(RLSettings):
+    """:class:`~bitsearch.agents.common.RLSettings` (the high-level controller's learner)
+    with AutoQ's defaults, and the low-level controller's."""
+
+    algorithm: str = setting("ddpg", choices=HIGH_ALGORITHMS, help="stable-baselines3 algorithm of the "
+                                                                    "high-level (layer) controller")
+    gamma: float = setting(0.0, ge=0, le=1, help="discount of the high-level controller")
+    reward: str = setting("autoq", choices=REWARD_FORMS, help="reward form: autoq (log ratio) or haq "
+                                                              "(accuracy points)")
+    low_algorithm: str = setting("ddpg", choices=OFF_POLICY, help="algorithm of the low-level (kernel) controller "
+                                                                  "(off-policy: kernel decisions go through a "
+                                                                  "replay buffer)")
+    low_actor_lr: float = setting(3e-4, gt=0, help="low-level actor learning rate")
+    low_critic_lr: float = setting(1e-3, gt=0, help="low-level critic learning rate")
+    low_net_arch: tuple[int, ...] = setting((64, 64), ge=1, help="hidden layer sizes of the low-level networks")
+    low_batch_size: int = setting(256, ge=1, help="low-level replay batch size")
+    low_buffer_size: int = setting(200_000, ge=1, help="low-level replay buffer size, in kernel decisions")
+    low_noise: float = setting(0.05, ge=0, help="low-level exploration noise sigma, in width positions")
+    low_gradient_steps: int = setting(1, ge=0, help="low-level updates per layer after each episode")
+    zeta: float = setting(0.5, ge=0, le=1, help="weight of the extrinsic credit in the low-level reward")
+    goal_span: float = setting(0.5, gt=0, help="how far a kernel may deviate from its layer's goal "
+                                               "(width positions)")
+    relative_goals: bool = setting(True, help="goals as offsets from the layer's fair share of the budget left")
+    goal_range: float = setting(0.5, ge=0, help="largest offset of a relative goal")
+    ppo_episodes: int = setting(8, ge=1, help="episodes per PPO update (algorithm=ppo)")
+
+
 class AutoQSearcher(BaseSearcher):
     name = "autoq"
     description = "hierarchical DRL (AutoQ, Lou et al. 2020): layer goals, batched kernel widths"
-    defaults = {
-        "episodes": 300,
-        "warmup": 20,
-        "algorithm": "ddpg",
-        "low_algorithm": "ddpg",
-        "actor_lr": 1e-4,
-        "critic_lr": 1e-3,
-        "low_actor_lr": 3e-4,
-        "low_critic_lr": 1e-3,
-        "net_arch": [300, 300],
-        "low_net_arch": [64, 64],
-        "batch_size": 64,
-        "low_batch_size": 256,
-        "buffer_episodes": 128,
-        "low_buffer_size": 200_000,
-        "tau": 0.01,
-        "gamma": 0.0,
-        "noise": 0.5,
-        "low_noise": 0.05,
-        "noise_decay": 0.99,
-        "gradient_steps": 1,
-        "low_gradient_steps": 1,
-        "zeta": 0.5,
-        "goal_span": 0.5,
-        "relative_goals": True,
-        "goal_range": 0.5,
-        "ppo_episodes": 8,
-        "reward": "autoq",
-        **ENV_DEFAULTS,
-    }
-
-    def check(self, problem):
-        super().check(problem)
-        s = self.settings
-        check_common_settings(self.name, s)
-        if str(s["algorithm"]).lower() not in HIGH_ALGORITHMS:
-            raise SearcherSettingsError(f"autoq: algorithm {s['algorithm']!r} (high level) is not one of "
-                                        f"{', '.join(HIGH_ALGORITHMS)}")
-        if str(s["low_algorithm"]).lower() not in OFF_POLICY:
-            raise SearcherSettingsError(f"autoq: low_algorithm {s['low_algorithm']!r} is not one of "
-                                        f"{', '.join(OFF_POLICY)} (kernel decisions go through a replay buffer)")
-        if not 0.0 <= float(s["zeta"]) <= 1.0:
-            raise SearcherSettingsError("autoq: zeta must be between 0 and 1")
-        if not float(s["goal_span"]) > 0:
-            raise SearcherSettingsError("autoq: goal_span must be positive")
+    settings_class = AutoQSettings
 
     def _search(self, problem, run: SearchRun):
-        with tidy_process(self.settings["threads"]):
-            _AutoQRun(self.settings, problem, run).loop()
+        with tidy_process(self.config.threads):
+            _AutoQRun(self.config, problem, run).loop()
         return None  # the best evaluated policy
 
 
@@ -123,31 +109,31 @@ class _AutoQRun:
         env = self.env = self.wrapped.env
         self.kernel_wise = problem.space.granularity == "kernel"
         self.high_dim = 2 if env.act_searched else 1
-        self.algorithm = str(s["algorithm"]).lower()
-        self.low_algorithm = str(s["low_algorithm"]).lower()
+        self.algorithm = s.algorithm
+        self.low_algorithm = s.low_algorithm
         self.rng = np.random.default_rng(run.seed)
         obs_dim = env.observation_space.shape[0]
         groups = env.n_groups
         if self.algorithm == "ppo":
-            n_steps = groups * max(1, int(s["ppo_episodes"]))
-            self.high = PPOLearner(obs_dim, self.high_dim, learning_rate=float(s["actor_lr"]) * 3,
-                                   net_arch=s["net_arch"], n_steps=n_steps,
-                                   batch_size=min(int(s["batch_size"]), n_steps), n_epochs=10, gamma=1.0,
+            n_steps = groups * max(1, s.ppo_episodes)
+            self.high = PPOLearner(obs_dim, self.high_dim, learning_rate=s.actor_lr * 3,
+                                   net_arch=s.net_arch, n_steps=n_steps,
+                                   batch_size=min(s.batch_size, n_steps), n_epochs=10, gamma=1.0,
                                    seed=run.seed)
         else:
             self.high = OffPolicyLearner(
-                self.algorithm, obs_dim, self.high_dim, actor_lr=float(s["actor_lr"]),
-                critic_lr=float(s["critic_lr"]), net_arch=s["net_arch"],
-                buffer_size=max(int(s["buffer_episodes"]) * groups, int(s["batch_size"])), tau=float(s["tau"]),
-                gamma=float(s["gamma"]), seed=run.seed)
+                self.algorithm, obs_dim, self.high_dim, actor_lr=s.actor_lr,
+                critic_lr=s.critic_lr, net_arch=s.net_arch,
+                buffer_size=max(s.buffer_episodes * groups, s.batch_size), tau=s.tau,
+                gamma=s.gamma, seed=run.seed)
         self.low = None
         if self.kernel_wise:
             self.low = OffPolicyLearner(
-                self.low_algorithm, obs_dim - 3 + LOW_EXTRA, 1, actor_lr=float(s["low_actor_lr"]),
-                critic_lr=float(s["low_critic_lr"]), net_arch=s["low_net_arch"],
-                buffer_size=int(s["low_buffer_size"]), tau=float(s["tau"]), gamma=0.0, seed=run.seed + 1)
+                self.low_algorithm, obs_dim - 3 + LOW_EXTRA, 1, actor_lr=s.low_actor_lr,
+                critic_lr=s.low_critic_lr, net_arch=s.low_net_arch,
+                buffer_size=s.low_buffer_size, tau=s.tau, gamma=0.0, seed=run.seed + 1)
             self._prepare_kernel_features()
-        self.normalize = RewardNormalizer(max(int(s["warmup"]), 1))
+        self.normalize = RewardNormalizer(max(s.warmup, 1))
         self.pending_high: list = []
         self.pending_low: list = []
 
@@ -180,7 +166,7 @@ class _AutoQRun:
 
     def _low_actions(self, obs, sigma, exploring):
         """Deviations from the goal in [-1, 1]; ``sigma`` is in width-position units."""
-        scale = sigma / float(self.s["goal_span"])
+        scale = sigma / self.s.goal_span
         if exploring:
             return truncated_normal(self.rng, np.zeros(obs.shape[0]), scale, -1.0, 1.0)
         if self.low_algorithm == "sac":
@@ -190,12 +176,12 @@ class _AutoQRun:
     # ------------------------------------------------------------------ one episode
     def episode(self, episode: int):
         s, env = self.s, self.env
-        warmup = int(s["warmup"])
+        warmup = s.warmup
         exploring = episode < warmup and self.algorithm != "ppo"
-        decay = float(s["noise_decay"]) ** max(0, episode - warmup)
-        sigma, low_sigma = float(s["noise"]) * decay, float(s["low_noise"]) * decay
-        span = float(s["goal_span"])
-        relative, goal_range = bool(s["relative_goals"]), float(s["goal_range"])
+        decay = s.noise_decay ** max(0, episode - warmup)
+        sigma, low_sigma = s.noise * decay, s.low_noise * decay
+        span = s.goal_span
+        relative, goal_range = s.relative_goals, s.goal_range
         env.begin()
         high_obs, high_act, high_extra, low_batches = [], [], [], []
         for g in range(env.n_groups):
@@ -232,7 +218,7 @@ class _AutoQRun:
     # ------------------------------------------------------------------ learning
     def _low_rewards(self, low_batches, normalized_reward):
         env, s = self.env, self.s
-        zeta, span = float(s["zeta"]), float(s["goal_span"])
+        zeta, span = s.zeta, s.goal_span
         sens = env.unit_sensitivity
         separable = sens is not None and env.objective == "sensitivity"
         nw = env.n_weight_choices
@@ -280,20 +266,20 @@ class _AutoQRun:
             for low_obs, deviation, rewards in self._low_rewards(batches, float(self.normalize(reward))):
                 self.low.add(low_obs, deviation, rewards, low_obs, np.ones(len(rewards)))
         self.pending_low.clear()
-        if episode < int(s["warmup"]):
+        if episode < s.warmup:
             return
         if self.algorithm != "ppo":
-            self.high.train(int(s["gradient_steps"]) * groups, int(s["batch_size"]))
+            self.high.train(s.gradient_steps * groups, s.batch_size)
         if self.low is not None:
-            self.low.train(int(s["low_gradient_steps"]) * len(low_batches), int(s["low_batch_size"]))
+            self.low.train(s.low_gradient_steps * len(low_batches), s.low_batch_size)
 
     def loop(self):
-        episodes = int(self.s["episodes"])
+        episodes = self.s.episodes
         for episode in range(episodes):
             self.wrapped.episode = episode
             result, trace, (sigma, _) = self.episode(episode)
             self.learn(episode, result, trace)
-            exploring = episode < int(self.s["warmup"]) and self.algorithm != "ppo"
+            exploring = episode < self.s.warmup and self.algorithm != "ppo"
             if not record_episode(self.run, self.wrapped, episode, result, noise=0.0 if exploring else sigma):
                 break
         self.run.info["agent"] = {

@@ -8,6 +8,16 @@ turns those into one readable line on stderr and exit code 2.  Anything else is 
 from __future__ import annotations
 
 
+def _one_line(problems: list, source: str | None) -> str:
+    """Every problem on one line: ``source: a`` or ``source: 3 problems: a; b; c``."""
+    where = f"{source}: " if source else ""
+    if len(problems) == 1:
+        return f"{where}{problems[0]}"
+    shown = "; ".join(problems[:8])
+    more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
+    return f"{where}{len(problems)} problems: {shown}{more}"
+
+
 class BitsearchError(Exception):
     """Base class of every error raised on purpose by bitsearch."""
 
@@ -41,14 +51,7 @@ class PolicyError(UserInputError):
             problems = [problems]
         self.problems = list(problems)
         self.source = source
-        where = f"{source}: " if source else ""
-        if len(self.problems) == 1:
-            message = f"{where}{self.problems[0]}"
-        else:
-            shown = "; ".join(self.problems[:8])
-            more = f"; and {len(self.problems) - 8} more" if len(self.problems) > 8 else ""
-            message = f"{where}{len(self.problems)} problems: {shown}{more}"
-        super().__init__(message)
+        super().__init__(_one_line(self.problems, source))
 
 
 class BudgetParseError(UserInputError):
@@ -87,12 +90,42 @@ class UnknownSearcherError(UserInputError):
     """A searcher name that the registry does not know."""
 
 
-class SearcherSettingsError(UserInputError):
-    """A searcher got settings it does not accept, or a space it cannot handle."""
+class SearcherError(UserInputError):
+    """A searcher refused to run.  Three kinds, each its own class:
+
+    * :class:`SearcherSettingsError`: settings it does not accept (an unknown name, a
+      wrong type, a value out of range).  Raised when the searcher is constructed, before
+      any problem is built or any run starts.
+    * :class:`SearcherUnsupportedError`: a problem it cannot handle with valid settings (a
+      granularity it does not support, no evaluator or sensitivity table where it needs
+      one, a space too large to enumerate).  Raised when ``search`` starts.
+    * :class:`SolverTimeoutError`: a solver stopped at the time limit it was given before
+      it found any policy.
+    """
 
 
-class SpaceTooLargeError(SearcherSettingsError):
+class SearcherSettingsError(SearcherError):
+    """Settings a searcher does not accept.  ``problems`` lists each bad setting (one
+    clause each); the message joins them on one line."""
+
+    def __init__(self, problems, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(_one_line(self.problems, source))
+
+
+class SearcherUnsupportedError(SearcherError):
+    """A problem a searcher cannot handle (granularity, objective, size, cost models)."""
+
+
+class SpaceTooLargeError(SearcherUnsupportedError):
     """A space too large for an enumerating searcher."""
+
+
+class SolverTimeoutError(SearcherError):
+    """A solver reached its time limit without any policy (raise the limit)."""
 
 
 class ProblemFileError(UserInputError):

@@ -13,16 +13,17 @@ an entry point alone.
 
 from __future__ import annotations
 
-import copy
 import json
+import numbers
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
 
-from .errors import InfeasibleBudgetError, SearcherSettingsError, UnknownSearcherError
 from ._io import atomic_write_text, dumps
+from .errors import InfeasibleBudgetError, SearcherUnsupportedError, UnknownSearcherError, UserInputError
 from .policy import Policy
+from .settings import SearcherSettings, build_settings
 
 ENTRY_POINT_GROUP = "bitsearch.searchers"
 DEFAULT_SEED = 0
@@ -96,15 +97,37 @@ class Searcher(Protocol):
                callback: Callable[[SearchEvent], Any] | None = None) -> SearchResult: ...
 
 
-class BaseSearcher:
-    """Helper base: settings held as a dict, validated against ``defaults``.
+SEED_LIMIT = 2 ** 32
 
-    Subclasses set ``name``, ``defaults`` (setting name -> default), ``granularities``
-    (which space granularities they support) and implement ``_search(problem, run)``.
+
+def check_seed(seed) -> int:
+    """``seed`` as an int in ``[0, 2**32)`` (what numpy's and torch's generators take);
+    None gives :data:`DEFAULT_SEED`.  Raises :class:`UserInputError` otherwise."""
+    if seed is None:
+        return DEFAULT_SEED
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise UserInputError(f"the seed must be an integer in [0, 2**32) (got {seed!r})")
+    return int(seed)
+
+
+class BaseSearcher:
+    """Helper base: typed settings, the problem checks, and the run bookkeeping.
+
+    Subclasses set ``name``, ``settings_class`` (a frozen dataclass of
+    :class:`~bitsearch.settings.SearcherSettings`; the base class itself means "no
+    settings"), ``granularities`` (the space granularities they support) and ``needs``,
+    and implement ``_search(problem, run)``.  The constructor takes a settings instance,
+    a mapping, keyword settings, or a mix (keywords win), and checks them all at once::
+
+        RandomSearcher(samples=20)
+        RandomSearcher(RandomSettings(samples=20))
+
+    ``searcher.config`` is the typed, frozen settings instance; ``searcher.settings`` the
+    same as plain JSON (what the policy records as ``search.settings``).
     """
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict] = {}
+    settings_class: ClassVar[type[SearcherSettings]] = SearcherSettings
     granularities: ClassVar[tuple[str, ...]] = ("layer", "kernel")
     # what the searcher needs: "evaluator" (scores policies), "trainable" (trains the model:
     # a trainable evaluator), "sensitivity" (a table), "any" objective, or "nothing"
@@ -113,24 +136,32 @@ class BaseSearcher:
     # True when the seed cannot change the result (``bitsearch bench`` then runs it once)
     deterministic: ClassVar[bool] = False
 
-    def __init__(self, **settings):
-        unknown = sorted(set(settings) - set(self.defaults))
-        if unknown:
-            raise SearcherSettingsError(
-                f"searcher {self.name!r} has no settings {unknown}; its settings are "
-                f"{', '.join(f'{k}={v!r}' for k, v in self.defaults.items()) or 'none'}")
-        self.settings = {**copy.deepcopy(self.defaults), **settings}  # no instance shares a default's list or dict
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # the defaults as plain JSON (what `bitsearch searchers` lists)
+        cls.defaults = cls.settings_class().to_dict()
+
+    def __init__(self, settings: SearcherSettings | Mapping[str, Any] | None = None, /, **overrides):
+        self.config = build_settings(self.settings_class, settings, overrides, source=f"searcher {self.name!r}")
+
+    @property
+    def settings(self) -> dict:
+        """The settings as plain JSON (a fresh dict; change settings with ``config.replace``)."""
+        return self.config.to_dict()
 
     def check(self, problem) -> None:
+        """Raise :class:`SearcherUnsupportedError` when ``problem`` is one this searcher
+        cannot handle (subclasses add their own conditions)."""
         if problem.space.granularity not in self.granularities:
-            raise SearcherSettingsError(
+            raise SearcherUnsupportedError(
                 f"searcher {self.name!r} does not support {problem.space.granularity} granularity "
                 f"(it supports {', '.join(self.granularities)})")
         message = problem.lacks(self.needs)
         if message:
-            raise SearcherSettingsError(f"searcher {self.name!r} {message}")
+            raise SearcherUnsupportedError(f"searcher {self.name!r} {message}")
 
     def search(self, problem, *, seed: int | None = None, callback=None) -> SearchResult:
+        seed = check_seed(seed)
         self.check(problem)
         run = SearchRun(self, problem, seed, callback)
         run.emit("start", message=problem.describe())
@@ -150,7 +181,7 @@ class SearchRun:
     def __init__(self, searcher, problem, seed, callback):
         self.searcher = searcher
         self.problem = problem
-        self.seed = DEFAULT_SEED if seed is None else int(seed)
+        self.seed = check_seed(seed)
         self.callback = callback
         self.history: list[Evaluation] = []
         self.best: Evaluation | None = None

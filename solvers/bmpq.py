@@ -28,15 +28,31 @@ model's own test metrics are in ``result.info["finetuned"]`` and its weights in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from bitsearch.errors import SearcherSettingsError
 from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.settings import setting
 
+from .ilp import ILPSolveSettings
 from .ilp import solve as solve_ilp
 
 TABLE_BATCH = 256  # batch size of the initial bit-gradient table (the bitgrad estimator's)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BMPQSettings(ILPSolveSettings):
+    epochs: int = setting(4, ge=0, help="quantization-aware training epochs")
+    resolve_every: int = setting(1, ge=1, help="epochs between ILP solves")
+    lr: float | None = setting(None, gt=0, help="AdamW learning rate (None: the evaluator's finetune_lr, a tenth "
+                                                "of a task's)")
+    batch_size: int | None = setting(None, ge=1, help="training batch size (None: the task's; a user's "
+                                                      "train_loader keeps its own)")
+    steps_per_epoch: int | None = setting(None, ge=1, help="training steps per epoch at most (None: the whole "
+                                                           "training set)")
+    samples: int = setting(512, ge=1, help="training samples for the initial bit-gradient table")
+    weights_out: str | None = setting(None, help="a file for the fine-tuned state dict, written atomically")
 
 
 class BMPQSearcher(BaseSearcher):
@@ -48,47 +64,22 @@ class BMPQSearcher(BaseSearcher):
     the evaluator's ``train_step`` on the fake-quantized model; the bit-gradients are read
     from the gradients it computed, just before the optimizer steps.
 
-    Settings: ``epochs`` (QAT epochs), ``resolve_every`` (epochs between ILP solves),
-    ``lr`` (default: the evaluator's ``finetune_lr``, a tenth of a task's learning rate),
-    ``batch_size`` (default: the task's; a user's train_loader keeps its own),
-    ``steps_per_epoch`` (cap; None: the whole training set), ``samples``
-    (samples for the initial bit-gradient table), ``solver``, ``time_limit``,
-    ``mip_gap``, ``method`` (passed to the ILP), ``weights_out`` (a file for the
-    fine-tuned state dict, written atomically).
+    Settings: :class:`BMPQSettings` (the ILP's ``method``, ``solver``, ``time_limit`` and
+    ``mip_gap`` included; ``bitsearch searchers bmpq`` lists them).
     """
 
     name = "bmpq"
     needs = "trainable"
     deterministic = False
     description = "quantization-aware training with bit-gradient sensitivities; ILP re-solved every k epochs (BMPQ)"
-    defaults = {"epochs": 4, "resolve_every": 1, "lr": None, "batch_size": None, "steps_per_epoch": None,
-                "samples": 512, "solver": "highs", "time_limit": None, "mip_gap": None, "method": "auto",
-                "weights_out": None}
-
-    def __init__(self, **settings):
-        super().__init__(**settings)
-        s = self.settings
-        for key in ("epochs", "resolve_every", "samples"):
-            if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < (0 if key == "epochs" else 1):
-                raise SearcherSettingsError(f"bmpq: {key} must be a positive integer (got {s[key]!r})")
-        if s["lr"] is not None and not (isinstance(s["lr"], (int, float)) and s["lr"] > 0):
-            raise SearcherSettingsError(f"bmpq: lr must be a positive number (got {s['lr']!r})")
-        for key in ("batch_size", "steps_per_epoch"):
-            if s[key] is not None and (not isinstance(s[key], int) or s[key] < 1):
-                raise SearcherSettingsError(f"bmpq: {key} must be a positive integer or None (got {s[key]!r})")
-        from .ilp import METHODS, SOLVERS
-
-        if str(s["solver"]).lower() not in SOLVERS:
-            raise SearcherSettingsError(f"bmpq: unknown solver {s['solver']!r}; known solvers: {', '.join(SOLVERS)}")
-        if s["method"] not in METHODS:
-            raise SearcherSettingsError(f"bmpq: unknown method {s['method']!r}; methods: {', '.join(METHODS)}")
+    settings_class = BMPQSettings
 
     def _ilp(self, problem, table):
         from dataclasses import replace
 
-        s = self.settings
-        solution = solve_ilp(replace(problem, sensitivity=table), method=s["method"], solver=str(s["solver"]).lower(),
-                             time_limit=s["time_limit"], mip_gap=s["mip_gap"])
+        s = self.config
+        solution = solve_ilp(replace(problem, sensitivity=table), method=s.method, solver=s.solver,
+                             time_limit=s.time_limit, mip_gap=s.mip_gap)
         return solution
 
     def _search(self, problem, run: SearchRun):
@@ -99,12 +90,12 @@ class BMPQSearcher(BaseSearcher):
         from bitsearch.sensitivity.table import SensitivityTable
         from bitsearch.training import HookedOptimizer
 
-        s = self.settings
+        s = self.config
         evaluator = problem.evaluator
         space = problem.space
         calibration = evaluator.calibration
         float_model = evaluator.model
-        lr = float(s["lr"]) if s["lr"] is not None else evaluator.finetune_lr
+        lr = s.lr if s.lr is not None else evaluator.finetune_lr
         low, high = min(space.weight_bits), max(space.weight_bits)
         grid = list(range(low, high + 1))
         columns = [grid.index(b) for b in space.weight_bits]
@@ -115,7 +106,7 @@ class BMPQSearcher(BaseSearcher):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
             # 1. the initial table and policy
-            batches = evaluator.sensitivity_batches(int(s["samples"]), int(s["batch_size"] or TABLE_BATCH), run.seed)
+            batches = evaluator.sensitivity_batches(s.samples, s.batch_size or TABLE_BATCH, run.seed)
             table = SensitivityTable(space.weight_bits, bitgrad_table(float_model, space, batches, evaluator.loss),
                                      space.act_bits if space.act_searched else (),
                                      self._act_table(float_model, space, batches, calibration, evaluator.loss),
@@ -123,8 +114,8 @@ class BMPQSearcher(BaseSearcher):
             solution = self._ilp(problem, table)
             policy = solution.policy
             history.append({"epoch": 0, "policy_key": policy.key, "objective": solution.info.get("objective")})
-            if not run.emit("progress", step=0, total=int(s["epochs"]), message="initial policy"):
-                run.evaluate(policy, step=0, total=int(s["epochs"]))
+            if not run.emit("progress", step=0, total=s.epochs, message="initial policy"):
+                run.evaluate(policy, step=0, total=s.epochs)
                 run.info.update({"history": history, "epochs_run": 0})
                 return policy
             # 2. quantization-aware training
@@ -141,19 +132,19 @@ class BMPQSearcher(BaseSearcher):
                 counter["steps"] += 1
 
             optimizer = HookedOptimizer([inner], before_step=read_bit_gradients)
-            epochs_data = evaluator.train_batches(run.seed, batch_size=s["batch_size"])
+            epochs_data = evaluator.train_batches(run.seed, batch_size=s.batch_size)
             epochs_run = 0
             loss = math.nan
-            for epoch in range(1, int(s["epochs"]) + 1):
+            for epoch in range(1, s.epochs + 1):
                 qmodel.train()
                 for step, batch in enumerate(epochs_data):
-                    if s["steps_per_epoch"] and step >= int(s["steps_per_epoch"]):
+                    if s.steps_per_epoch and step >= s.steps_per_epoch:
                         break
                     loss = evaluator.train_step(qmodel, batch, optimizer)
                 epochs_run = epoch
                 qmodel.eval()
                 # 3. re-solve every k epochs (not after the last: the last policy gets trained)
-                if epoch % int(s["resolve_every"]) == 0 and epoch < int(s["epochs"]) and counter["steps"]:
+                if epoch % s.resolve_every == 0 and epoch < s.epochs and counter["steps"]:
                     weight = {}
                     for name in names:
                         saved = sums[name] / counter["steps"]
@@ -171,7 +162,7 @@ class BMPQSearcher(BaseSearcher):
                     for name in names:
                         sums[name][:] = 0.0
                     counter["steps"] = 0
-                if not run.emit("progress", step=epoch, total=int(s["epochs"]), message=f"epoch {epoch}",
+                if not run.emit("progress", step=epoch, total=s.epochs, message=f"epoch {epoch}",
                                 loss=float(loss)):
                     break
             qmodel.eval()
@@ -179,14 +170,14 @@ class BMPQSearcher(BaseSearcher):
         calibrate(qmodel, calibration)
         finetuned = evaluator.score_model(qmodel)
         state = {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()}
-        if s["weights_out"]:
+        if s.weights_out:
             from bitsearch._io import atomic_write
 
-            atomic_write(s["weights_out"], lambda handle: torch.save({"state_dict": state,
+            atomic_write(s.weights_out, lambda handle: torch.save({"state_dict": state,
                                                                       "policy": policy.to_dict()}, handle))
         run.info.update({"history": history, "epochs_run": epochs_run, "finetuned": finetuned,
                          "state_dict": state, "ilp": solution.info})
-        run.evaluate(policy, step=epochs_run, total=int(s["epochs"]))
+        run.evaluate(policy, step=epochs_run, total=s.epochs)
         return policy
 
     @staticmethod

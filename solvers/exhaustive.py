@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
 from bitsearch.encoding import Encoding
 from bitsearch.errors import InfeasibleBudgetError, SpaceTooLargeError
 from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.settings import SearcherSettings, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExhaustiveSettings(SearcherSettings):
+    max_policies: int = setting(20_000, ge=1, help="refuse spaces holding more policies than this")
 
 
 class ExhaustiveSearcher(BaseSearcher):
@@ -19,14 +26,14 @@ class ExhaustiveSearcher(BaseSearcher):
     """
 
     name = "exhaustive"
-    defaults = {"max_policies": 20_000}
+    settings_class = ExhaustiveSettings
     deterministic = True
     description = "every policy of a small space (the oracle)"
 
     def check(self, problem):
         super().check(problem)
         n = problem.space.num_policies()
-        limit = int(self.settings["max_policies"])
+        limit = self.config.max_policies
         if n > limit:
             raise SpaceTooLargeError(
                 f"exhaustive: the space holds {n:,} policies, more than max_policies={limit:,}; "

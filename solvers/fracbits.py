@@ -43,18 +43,22 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from bitsearch.budget import format_cost
 from bitsearch.encoding import Encoding
-from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError
+from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError, SearcherUnsupportedError
 from bitsearch.policy import Policy
 from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.settings import SearcherSettings, setting
 
-from .refine import refine_policy, refine_problems
+from .refine import refine_policy
 
-__all__ = ["FracBitsSearcher", "relaxed_cost_tables", "project_to_budget"]
+__all__ = ["FracBitsSearcher", "FracBitsSettings", "relaxed_cost_tables", "project_to_budget"]
+
+PROJECTIONS = ("auto", "knapsack", "greedy")
 
 
 # --- cost tables -------------------------------------------------------------------------
@@ -215,7 +219,7 @@ def project_to_budget(problem, learned_weight_bits, learned_act_bits=None, *, fi
     knapsack when it applies.  Returns ``(policy, info)``.  Raises
     :class:`InfeasibleBudgetError` when no policy keeps the budgets jointly.
     """
-    if method not in ("auto", "knapsack", "greedy"):
+    if method not in PROJECTIONS:
         raise SearcherSettingsError(f"projection {method!r} is not 'auto', 'knapsack' or 'greedy'")
     space = problem.space
     encoding = Encoding(space)
@@ -235,7 +239,7 @@ def project_to_budget(problem, learned_weight_bits, learned_act_bits=None, *, fi
     info = {"method": "greedy", "lowered": 0, "raised": 0, "rounding_fixes": 0}
     knapsack = len(state.budgets) == 1 and state.separable[0] and not space.act_searched and len(state.units) > 0
     if method == "knapsack" and not knapsack:
-        raise SearcherSettingsError("the knapsack projection needs exactly one budget over a cost that adds up "
+        raise SearcherUnsupportedError("the knapsack projection needs exactly one budget over a cost that adds up "
                                     "per weight unit, and activations not searched; use 'greedy'")
     if method != "greedy" and knapsack:
         from .mckp import KnapsackInfeasible, solve_mckp
@@ -327,6 +331,30 @@ def project_to_budget(problem, learned_weight_bits, learned_act_bits=None, *, fi
 
 
 # --- the searcher ------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class FracBitsSettings(SearcherSettings):
+    epochs: int = setting(3, ge=0, help="epochs of search over the training data")
+    lr: float | None = setting(None, gt=0, help="Adam learning rate of the weights (None: the evaluator's "
+                                                "finetune_lr, a tenth of a task's)")
+    bits_lr: float = setting(0.05, gt=0, help="Adam learning rate of the fractional widths")
+    init_bits: float | None = setting(None, help="starting width (None: the uniform fractional width whose "
+                                                 "relaxed cost meets the tightest budget)")
+    penalty_start: float = setting(0.1, gt=0, help="budget-penalty strength at the first step (grows geometrically)")
+    penalty_end: float = setting(10.0, gt=0, help="budget-penalty strength at the last step")
+    batch_size: int | None = setting(None, ge=1, help="training batch size (None: the task's; a user's "
+                                                      "train_loader keeps its own)")
+    train_weights: bool = setting(True, help="train the weights along with the widths")
+    train_samples: int | None = setting(None, ge=1, help="training samples used per epoch (None: all)")
+    finetune_epochs: int = setting(0, ge=0, help="epochs of training at the final integer policy "
+                                                 "(accuracy in result.info)")
+    fill: bool = setting(True, help="let the projection spend leftover budget")
+    projection: str = setting("auto", choices=PROJECTIONS, help="integer projection: auto (knapsack when it "
+                                                                "applies), knapsack or greedy")
+    refine: int = setting(0, ge=0, help="rounds of evaluator-guided local search from the projected policy "
+                                        "(0: none, as published)")
+    refine_evaluations: int | None = setting(None, ge=1, help="fresh evaluations refine may spend (None: no limit)")
+
+
 class FracBitsSearcher(BaseSearcher):
     """Learns a fractional width per decision unit with the weights, under a budget
     penalty, then projects to integer widths that keep every budget exactly.
@@ -336,91 +364,41 @@ class FracBitsSearcher(BaseSearcher):
     the evaluator's ``train_step`` on the model at the current fractional widths, with the
     budget penalty added to the widths' gradients before the optimizer steps.
 
-    Settings: ``epochs`` of search over the training data; ``lr`` for the weights
-    (None: the evaluator's ``finetune_lr``, a tenth of a task recipe's) and ``bits_lr``
-    for the widths (Adam);
-    ``init_bits`` the starting width (None: the uniform fractional width at which the
-    relaxed cost meets the tightest budget, found by bisection); ``penalty_start`` and
-    ``penalty_end`` the budget-penalty strength, scheduled geometrically over the steps;
-    ``batch_size`` (None: the recipe's; a user's train_loader keeps its own);
-    ``train_weights`` whether the weights learn too;
-    ``train_samples`` caps the training samples used per epoch (None: all);
-    ``finetune_epochs`` of training at the final integer policy (its accuracy goes to
-    ``result.info``); ``fill`` whether the projection spends leftover budget;
-    ``projection`` ``auto``, ``knapsack`` or ``greedy`` (see :func:`project_to_budget`);
-    ``refine`` rounds of evaluator-guided local search from the projected policy (0: none,
-    FracBits as published; see :mod:`bitsearch.solvers.refine`), at most
-    ``refine_evaluations`` fresh scores (None: no limit).
+    Settings: :class:`FracBitsSettings` (``bitsearch searchers fracbits`` lists them); the
+    projection is :func:`project_to_budget`, the optional refinement
+    :mod:`bitsearch.solvers.refine`.
     """
 
     name = "fracbits"
     needs = "trainable"
     granularities = ("layer", "kernel")
     description = "FracBits: fractional widths learned by gradient descent, projected exactly onto the budget"
-    defaults = {
-        "epochs": 3,
-        "lr": None,
-        "bits_lr": 0.05,
-        "init_bits": None,
-        "penalty_start": 0.1,
-        "penalty_end": 10.0,
-        "batch_size": None,
-        "train_weights": True,
-        "train_samples": None,
-        "finetune_epochs": 0,
-        "fill": True,
-        "projection": "auto",
-        "refine": 0,
-        "refine_evaluations": None,
-    }
-
-    def __init__(self, **settings):
-        super().__init__(**settings)
-        s = self.settings
-        problems = []
-        for key in ("epochs", "finetune_epochs"):
-            if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 0:
-                problems.append(f"{key} must be an integer >= 0 (got {s[key]!r})")
-        for key in ("bits_lr", "penalty_start", "penalty_end"):
-            if not isinstance(s[key], (int, float)) or isinstance(s[key], bool) or not s[key] > 0:
-                problems.append(f"{key} must be a positive number (got {s[key]!r})")
-        if s["lr"] is not None and (not isinstance(s["lr"], (int, float)) or not s["lr"] > 0):
-            problems.append(f"lr must be a positive number or None (got {s['lr']!r})")
-        for key in ("batch_size", "train_samples"):
-            if s[key] is not None and (not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1):
-                problems.append(f"{key} must be an integer >= 1 or None (got {s[key]!r})")
-        if s["init_bits"] is not None and not isinstance(s["init_bits"], (int, float)):
-            problems.append(f"init_bits must be a number or None (got {s['init_bits']!r})")
-        if s["projection"] not in ("auto", "knapsack", "greedy"):
-            problems.append(f"projection must be 'auto', 'knapsack' or 'greedy' (got {s['projection']!r})")
-        problems += refine_problems(s)
-        if problems:
-            raise SearcherSettingsError(f"searcher 'fracbits': {'; '.join(problems)}")
+    settings_class = FracBitsSettings
 
     def _search(self, problem, run: SearchRun):
         import torch
 
         space = problem.space
         if min(space.weight_bits) < 2 or (space.act_bits is not None and min(space.act_bits) < 2):
-            raise SearcherSettingsError("searcher 'fracbits' quantizes symmetrically: widths must be >= 2 bits")
+            raise SearcherUnsupportedError("searcher 'fracbits' quantizes symmetrically: widths must be >= 2 bits")
         evaluator = problem.evaluator
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
             learned_w, learned_a, model, fq = self._learn(problem, run, evaluator, torch)
-        policy, info = project_to_budget(problem, learned_w, learned_a, fill=self.settings["fill"],
-                                         method=self.settings["projection"])
+        policy, info = project_to_budget(problem, learned_w, learned_a, fill=self.config.fill,
+                                         method=self.config.projection)
         run.info["projection"] = {k: v for k, v in info.items() if k != "weight_index"}
         run.info["learned_weight_bits"] = [round(float(b), 4) for b in learned_w]
         if learned_a is not None:
             run.info["learned_act_bits"] = [round(float(b), 4) for b in learned_a]
         if not problem.fits(policy):  # pragma: no cover - project_to_budget guarantees it
             raise AssertionError(f"fracbits: projected policy over budget: {problem.violations(policy)}")
-        if self.settings["refine"] and not run.stopped:  # scores the projected policy first
-            policy, run.info["refine"] = refine_policy(problem, run, policy, self.settings["refine"],
-                                                       max_evaluations=self.settings["refine_evaluations"])
+        if self.config.refine and not run.stopped:  # scores the projected policy first
+            policy, run.info["refine"] = refine_policy(problem, run, policy, self.config.refine,
+                                                       max_evaluations=self.config.refine_evaluations)
         else:
             run.evaluate(policy, step=1, total=1)
-        if self.settings["finetune_epochs"] and not run.stopped:
+        if self.config.finetune_epochs and not run.stopped:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(run.seed)
                 run.info["finetuned"] = self._finetune(problem, run, evaluator, policy, model, fq, torch)
@@ -442,13 +420,13 @@ class FracBitsSearcher(BaseSearcher):
 
     def _batches(self, evaluator, seed):
         """The training batches, one pass per epoch (``batch_size`` and ``train_samples`` applied)."""
-        return evaluator.train_batches(seed, batch_size=self.settings["batch_size"],
-                                       samples=self.settings["train_samples"])
+        return evaluator.train_batches(seed, batch_size=self.config.batch_size,
+                                       samples=self.config.train_samples)
 
     def _learn(self, problem, run, evaluator, torch):
         from bitsearch.training import HookedOptimizer, batch_size_of
 
-        s = self.settings
+        s = self.config
         space = problem.space
         encoding = Encoding(space)
         model, fq = self._setup(problem, evaluator, torch)
@@ -461,8 +439,8 @@ class FracBitsSearcher(BaseSearcher):
             a = torch.full((encoding.n_act_units,), min(max(width, amin), amax)) if space.act_searched else None
             return w, a
 
-        if s["init_bits"] is not None:
-            init = float(s["init_bits"])
+        if s.init_bits is not None:
+            init = s.init_bits
         else:
             init = _width_at_budget(relaxed, uniform, min(wmin, amin) if space.act_searched else wmin,
                                     max(wmax, amax), torch)
@@ -472,22 +450,22 @@ class FracBitsSearcher(BaseSearcher):
         bits_a = torch.nn.Parameter(start_a) if start_a is not None else None
         layout = _Layout(space, encoding)
 
-        weights = [p for p in model.parameters()] if s["train_weights"] else []
+        weights = [p for p in model.parameters()] if s.train_weights else []
         for p in model.parameters():
-            p.requires_grad_(bool(s["train_weights"]))
-        lr = s["lr"] if s["lr"] is not None else evaluator.finetune_lr
+            p.requires_grad_(s.train_weights)
+        lr = s.lr if s.lr is not None else evaluator.finetune_lr
         opt_w = torch.optim.Adam(weights, lr=lr) if weights else None
         bit_params = [bits_w] + ([bits_a] if bits_a is not None else [])
-        opt_b = torch.optim.Adam(bit_params, lr=s["bits_lr"])
+        opt_b = torch.optim.Adam(bit_params, lr=s.bits_lr)
 
         batches = self._batches(evaluator, run.seed)
-        total_steps = max(1, s["epochs"] * len(batches))
+        total_steps = max(1, s.epochs * len(batches))
         state = {"step": 0, "penalty": 0.0}
 
         def add_penalty():
             """Before each optimizer step: the budget penalty's gradient on the widths."""
             if problem.budgets:
-                strength = s["penalty_start"] * (s["penalty_end"] / s["penalty_start"]) ** (
+                strength = s.penalty_start * (s.penalty_end / s.penalty_start) ** (
                     state["step"] / max(1, total_steps - 1))
                 penalty = strength * torch.abs(torch.max(relaxed.ratios(bits_w, bits_a)) - 1.0)
                 penalty.backward()
@@ -504,7 +482,7 @@ class FracBitsSearcher(BaseSearcher):
         relaxed_model = _modules()["relaxed"](fq, layout, bits_w, bits_a)
         model.train()
         epoch_seconds = []
-        for epoch in range(s["epochs"]):
+        for epoch in range(s.epochs):
             started = time.perf_counter()
             loss_sum = task_sum = 0.0
             seen = 0
@@ -517,7 +495,7 @@ class FracBitsSearcher(BaseSearcher):
             epoch_seconds.append(time.perf_counter() - started)
             with torch.no_grad():
                 ratios = relaxed.ratios(bits_w, bits_a).tolist()
-            run.emit("progress", step=epoch + 1, total=s["epochs"],
+            run.emit("progress", step=epoch + 1, total=s.epochs,
                      message=f"epoch {epoch + 1}/{s['epochs']}: loss {loss_sum / max(1, seen):.4f}, "
                              f"cost/budget {max(ratios) if ratios else 0:.4f}",
                      loss=loss_sum / max(1, seen), task_loss=task_sum / max(1, seen),
@@ -533,27 +511,27 @@ class FracBitsSearcher(BaseSearcher):
         return learned_w, learned_a, model, fq
 
     def _finetune(self, problem, run, evaluator, policy, model, fq, torch):
-        s = self.settings
+        s = self.config
         bits = policy.as_dict()
         wbits = {name: (b.weight_bits if not b.per_kernel else tuple(b.weight_bits)) for name, b in bits.items()}
         abits = {name: b.act_bits for name, b in bits.items()}
         for p in model.parameters():
             p.requires_grad_(True)
-        lr = s["lr"] if s["lr"] is not None else evaluator.finetune_lr
+        lr = s.lr if s.lr is not None else evaluator.finetune_lr
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         quantized = _modules()["fixed"](fq, wbits, abits)
         batches = self._batches(evaluator, run.seed + 1)
         model.train()
-        for epoch in range(s["finetune_epochs"]):
+        for epoch in range(s.finetune_epochs):
             for batch in batches:
                 evaluator.train_step(quantized, batch, optimizer)
-            run.emit("progress", step=epoch + 1, total=s["finetune_epochs"],
+            run.emit("progress", step=epoch + 1, total=s.finetune_epochs,
                      message=f"fine-tuning epoch {epoch + 1}/{s['finetune_epochs']}", phase="finetune")
             if run.stopped:
                 break
         model.eval()
         metrics = evaluator.score_model(quantized.eval())
-        return {"epochs": s["finetune_epochs"], **metrics}
+        return {"epochs": s.finetune_epochs, **metrics}
 
 
 _MODULES: dict = {}

@@ -56,12 +56,14 @@ import numpy as np
 
 from bitsearch.budget import format_cost
 from bitsearch.encoding import Encoding
-from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError
+from bitsearch.errors import (InfeasibleBudgetError, SearcherSettingsError, SearcherUnsupportedError,
+                              SolverTimeoutError)
 from bitsearch.policy import LayerBits, Policy
 from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.settings import SearcherSettings, setting
 
 from .mckp import KnapsackInfeasible, solve_mckp
-from .refine import refine_policy, refine_problems
+from .refine import refine_policy
 
 SOLVERS = ("highs", "cbc")
 METHODS = ("auto", "mckp", "mip")
@@ -169,8 +171,8 @@ def build_formulation(problem) -> Formulation:
     for budget in problem.budgets:
         model = problem.costs[budget.cost]
         if model.per_kernel not in ("sum", "max"):
-            raise SearcherSettingsError(f"ilp: cost {budget.cost!r} has per_kernel={model.per_kernel!r}; "
-                                        "only 'sum' and 'max' can be written as linear constraints")
+            raise SearcherUnsupportedError(f"ilp: cost {budget.cost!r} has per_kernel={model.per_kernel!r}; "
+                                           "only 'sum' and 'max' can be written as linear constraints")
         if model.per_kernel == "sum" and not space.act_searched:
             table_b = np.zeros_like(values)
             for i, sl in slices.items():
@@ -392,7 +394,7 @@ def _make_solver(name: str, *, time_limit, mip_gap, threads, verbose):
         with _quiet_native_stdout(not verbose):
             available = pulp.HiGHS().available()
         if not available:
-            raise SearcherSettingsError("ilp: HiGHS is not available (pip install highspy), or use solver='cbc'")
+            raise SearcherUnsupportedError("ilp: HiGHS is not available (pip install highspy), or use solver='cbc'")
         options = {"primal_feasibility_tolerance": 1e-9, "mip_feasibility_tolerance": 1e-9,
                    "random_seed": 0}
         return pulp.HiGHS(msg=bool(verbose), timeLimit=time_limit, gapRel=mip_gap,
@@ -488,65 +490,59 @@ class ILPSolution:
     info: dict
 
 
+@dataclass(frozen=True, kw_only=True)
+class ILPSolveSettings(SearcherSettings):
+    """How the ILP is solved (shared by ``ilp`` and ``bmpq``, which re-solves it)."""
+
+    method: str = setting("auto", choices=METHODS,
+                          help="auto: the knapsack path when it applies, else the MIP; or mckp, or mip")
+    solver: str = setting("highs", choices=SOLVERS, help="MIP solver: highs (highspy) or cbc (bundled with PuLP)")
+    time_limit: float | None = setting(None, gt=0, help="seconds for the MIP solver, then the best policy found "
+                                                        "with its proven gap (None: no limit)")
+    mip_gap: float | None = setting(None, ge=0, lt=1, help="relative gap at which the MIP and the knapsack search "
+                                                           "may stop (None: 0, exact)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ILPSettings(ILPSolveSettings):
+    mckp_gap: float = setting(1e-4, ge=0, lt=1, help="largest proven gap auto accepts from the knapsack path "
+                                                     "before it falls back to the MIP")
+    mckp_nodes: int = setting(100_000, ge=0, help="search nodes of the knapsack's exact phase")
+    threads: int | None = setting(None, ge=1, help="MIP solver threads (None: the solver's default)")
+    verbose: bool = setting(False, help="print the solver's log")
+    refine: int = setting(0, ge=0, help="rounds of evaluator-guided local search from the ILP's policy "
+                                        "(0: none, as published)")
+    refine_evaluations: int | None = setting(None, ge=1, help="fresh evaluations refine may spend (None: no limit)")
+
+
 class ILPSearcher(BaseSearcher):
     """Minimise the summed sensitivity under every budget (HAWQ-V3 / BMPQ ILP).
 
-    Settings:
-
-    ``method``: ``auto`` (the knapsack path when it applies, else the MIP), ``mckp`` or ``mip``.
-    ``solver``: ``highs`` (default) or ``cbc`` for the MIP.
-    ``time_limit``: seconds for the MIP solver (None: none).  Without it the MIP is solved
-    to a gap of ``mip_gap`` (default 0: exact); with it the best policy found in time is
-    returned with the gap the solver proved.
-    ``mip_gap``: relative gap at which the MIP (and the knapsack search) may stop.
-    ``mckp_gap``: the largest proven relative gap ``auto`` accepts from the knapsack path
-    before it falls back to the MIP (the knapsack search first tries to close it to ``mip_gap``).
-    ``mckp_nodes``: search nodes of the knapsack's exact phase.
-    ``threads``: solver threads (None: the solver's default).  ``verbose``: solver log.
-    ``refine``: rounds of evaluator-guided local search from the ILP's policy (0: none, the
-    method as published; see :mod:`bitsearch.solvers.refine`), at most ``refine_evaluations``
-    fresh scores (None: no limit).
+    Settings (:class:`ILPSettings`): ``method`` picks the knapsack path or the MIP;
+    without ``time_limit`` the MIP is solved to a gap of ``mip_gap`` (default 0: exact),
+    with it the best policy found in time is returned with the gap the solver proved.
+    ``refine`` rounds of evaluator-guided local search follow the ILP's policy (see
+    :mod:`bitsearch.solvers.refine`).
     """
 
     name = "ilp"
     needs = "sensitivity"
     deterministic = True
     description = "exact ILP over a sensitivity table (HAWQ-V3 style): knapsack path, or PuLP with HiGHS/CBC"
-    defaults = {"method": "auto", "solver": "highs", "time_limit": None, "mip_gap": None,
-                "mckp_gap": 1e-4, "mckp_nodes": 100_000, "threads": None, "verbose": False,
-                "refine": 0, "refine_evaluations": None}
-
-    def __init__(self, **settings):
-        super().__init__(**settings)
-        s = self.settings
-        if s["method"] not in METHODS:
-            raise SearcherSettingsError(f"ilp: unknown method {s['method']!r}; methods: {', '.join(METHODS)}")
-        if str(s["solver"]).lower() not in SOLVERS:
-            raise SearcherSettingsError(f"ilp: unknown solver {s['solver']!r}; known solvers: {', '.join(SOLVERS)}")
-        s["solver"] = str(s["solver"]).lower()
-        if s["time_limit"] is not None:
-            if not float(s["time_limit"]) > 0:
-                raise SearcherSettingsError(f"ilp: time_limit must be a positive number of seconds "
-                                            f"(got {s['time_limit']!r})")
-            s["time_limit"] = float(s["time_limit"])
-        if s["mip_gap"] is not None and not 0 <= float(s["mip_gap"]) < 1:
-            raise SearcherSettingsError(f"ilp: mip_gap must be in [0, 1) (got {s['mip_gap']!r})")
-        if not 0 <= float(s["mckp_gap"]) < 1:
-            raise SearcherSettingsError(f"ilp: mckp_gap must be in [0, 1) (got {s['mckp_gap']!r})")
-        problems = refine_problems(s)
-        if problems:
-            raise SearcherSettingsError(f"ilp: {'; '.join(problems)}")
+    settings_class = ILPSettings
 
     def _search(self, problem, run: SearchRun):
         stop_early = not run.emit("progress", step=0, total=1, message="building the program")
-        settings = {k: v for k, v in self.settings.items() if k not in ("refine", "refine_evaluations")}
-        solution = solve(problem, **settings, quick=stop_early)
+        c = self.config
+        solution = solve(problem, method=c.method, solver=c.solver, time_limit=c.time_limit, mip_gap=c.mip_gap,
+                         mckp_gap=c.mckp_gap, mckp_nodes=c.mckp_nodes, threads=c.threads, verbose=c.verbose,
+                         quick=stop_early)
         run.info.update(solution.info)
         run.evaluate(solution.policy, step=1, total=1)
         policy = solution.policy
-        if self.settings["refine"] and not run.stopped:
-            policy, run.info["refine"] = refine_policy(problem, run, policy, self.settings["refine"],
-                                                       max_evaluations=self.settings["refine_evaluations"])
+        if c.refine and not run.stopped:
+            policy, run.info["refine"] = refine_policy(problem, run, policy, c.refine,
+                                                       max_evaluations=c.refine_evaluations)
         return policy
 
 
@@ -557,7 +553,7 @@ def solve(problem, *, method="auto", solver="highs", time_limit=None, mip_gap=No
     ``quick``: the caller asked to stop: give the MIP at most one second.
     """
     if problem.sensitivity is None:
-        raise SearcherSettingsError("ilp needs a sensitivity table (--sensitivity, or a --problem file)")
+        raise SearcherUnsupportedError("ilp needs a sensitivity table (--sensitivity, or a --problem file)")
     started = time.perf_counter()
     mip_gap_value = 0.0 if mip_gap is None else float(mip_gap)
     if quick:
@@ -566,7 +562,8 @@ def solve(problem, *, method="auto", solver="highs", time_limit=None, mip_gap=No
     build_seconds = time.perf_counter() - started
     applies, why = mckp_applies(form)
     if method == "mckp" and not applies:
-        raise SearcherSettingsError(f"ilp: method 'mckp' does not apply to this problem: {why}; use method 'mip' or 'auto'")
+        raise SearcherUnsupportedError(f"ilp: method 'mckp' does not apply to this problem: {why}; "
+                                       f"use method 'mip' or 'auto'")
     info: dict = {"build_seconds": round(build_seconds, 4)}
     if method in ("auto", "mckp") and applies:
         outcome = _run_mckp(form, mip_gap_value, int(mckp_nodes), info)
@@ -647,9 +644,11 @@ def _run_mip(form, solver_name, time_limit, mip_gap, threads, verbose, info, sta
     if outcome.status == "infeasible":
         _raise_infeasible_joint(form, solver_name, threads)
     if outcome.unit_choice is None:
-        raise SearcherSettingsError(
-            f"ilp: {solver_name} found no policy" + (f" within time_limit={time_limit:g} s; raise the time limit"
-                                                     if time_limit else f" ({outcome.status})"))
+        if time_limit:
+            raise SolverTimeoutError(f"ilp: {solver_name} found no policy within time_limit={time_limit:g} s; "
+                                     f"raise the time limit")
+        raise RuntimeError(f"ilp: {solver_name} returned no policy ({outcome.status}) without a time limit; "
+                           f"please report this problem")
     solve_seconds = outcome.seconds
 
     def resolve(limits):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from bitsearch.encoding import Encoding
 from bitsearch.errors import InfeasibleBudgetError
 from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.settings import SearcherSettings, setting
 
 
 def sample_within_budget(problem, encoding: Encoding, rng: np.random.Generator, max_rounds: int = 10_000):
@@ -35,6 +38,11 @@ def sample_within_budget(problem, encoding: Encoding, rng: np.random.Generator, 
                                 "(even the narrowest policy is over a budget)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RandomSettings(SearcherSettings):
+    samples: int = setting(50, ge=1, help="random policies within budget to score")
+
+
 class RandomSearcher(BaseSearcher):
     """Random search: ``samples`` random policies within budget, best by the objective.
 
@@ -42,14 +50,11 @@ class RandomSearcher(BaseSearcher):
     """
 
     name = "random"
-    defaults = {"samples": 50}
+    settings_class = RandomSettings
     description = "N random policies within budget, best by the evaluator"
 
     def _search(self, problem, run: SearchRun):
-        samples = int(self.settings["samples"])
-        if samples < 1:
-            from bitsearch.errors import SearcherSettingsError
-            raise SearcherSettingsError("random: samples must be at least 1")
+        samples = self.config.samples
         rng = np.random.default_rng(run.seed)
         encoding = Encoding(problem.space)
         for step in range(1, samples + 1):

@@ -28,18 +28,7 @@ from bitsearch.encoding import Encoding
 from bitsearch.policy import Policy
 from bitsearch.search import SearchRun
 
-__all__ = ["refine_policy", "neighbours", "refine_problems"]
-
-
-def refine_problems(settings: dict) -> list[str]:
-    """What is wrong with a searcher's ``refine`` / ``refine_evaluations`` settings."""
-    problems = []
-    rounds, limit = settings.get("refine", 0), settings.get("refine_evaluations")
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
-        problems.append(f"refine must be an integer >= 0 (rounds of local search; got {rounds!r})")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        problems.append(f"refine_evaluations must be an integer >= 1 or None (got {limit!r})")
-    return problems
+__all__ = ["refine_policy", "neighbours"]
 
 
 def neighbours(encoding: Encoding, weights: np.ndarray, acts: np.ndarray):

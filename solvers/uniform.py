@@ -30,7 +30,6 @@ class UniformSearcher(BaseSearcher):
     that keeps every budget.  No search; one evaluation.  The usual baseline."""
 
     name = "uniform"
-    defaults = {}
     needs = "nothing"
     deterministic = True
     description = "the widest single weight/activation width that keeps every budget"

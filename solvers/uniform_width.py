@@ -11,16 +11,25 @@ names the model at its width multiplier (``model.width_mult`` in the JSON).
 
 from __future__ import annotations
 
-from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError
+from dataclasses import dataclass
+
+from bitsearch.errors import InfeasibleBudgetError, SearcherUnsupportedError
 from bitsearch.policy import Policy
 from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.settings import SearcherSettings, setting
 
 from .uniform import uniform_candidates
 
 
+@dataclass(frozen=True, kw_only=True)
+class UniformWidthSettings(SearcherSettings):
+    width_mults: tuple[float, ...] = setting((0.5, 0.75, 1.0, 1.25, 1.5, 2.0), gt=0, min_items=1,
+                                             help="width multipliers to rebuild, train and try")
+
+
 class UniformWidthSearcher(BaseSearcher):
     name = "uniform-width"
-    defaults = {"width_mults": (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)}
+    settings_class = UniformWidthSettings
     granularities = ("layer",)
     needs = "evaluator"
     deterministic = True
@@ -29,16 +38,13 @@ class UniformWidthSearcher(BaseSearcher):
     def check(self, problem):
         super().check(problem)
         if problem.at_width is None:
-            raise SearcherSettingsError("searcher 'uniform-width' retrains the model at several width "
-                                        "multipliers: it needs a task whose model factory takes one (a built-in "
-                                        "task or a Task of your own); a trained model (problem_for_model, "
-                                        "--weights) cannot be rebuilt wider")
-        mults = [float(m) for m in self.settings["width_mults"]]
-        if not mults or any(m <= 0 for m in mults):
-            raise SearcherSettingsError("uniform-width: width_mults must be positive numbers")
+            raise SearcherUnsupportedError("searcher 'uniform-width' retrains the model at several width "
+                                           "multipliers: it needs a task whose model factory takes one (a built-in "
+                                           "task or a Task of your own); a trained model (problem_for_model, "
+                                           "--weights) cannot be rebuilt wider")
 
     def _search(self, problem, run: SearchRun):
-        mults = sorted({float(m) for m in self.settings["width_mults"]})
+        mults = sorted(set(self.config.width_mults))
         total = len(mults)
         for step, mult in enumerate(mults, start=1):
             run.emit("progress", step=step, total=total, message=f"width x{mult:g}")

@@ -31,12 +31,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def pytest_generate_tests(metafunc):
-    """Conformance classes run once per granularity they declare."""
-    from conformance import SearcherConformance
-
-    cls = metafunc.cls
-    if cls is not None and issubclass(cls, SearcherConformance) and "granularity" in metafunc.fixturenames:
-        metafunc.parametrize("granularity", cls.granularities)

@@ -15,23 +15,10 @@ from bitsearch.errors import SearcherSettingsError
 from bitsearch.problem import Problem
 from bitsearch.space import Pin
 
-from conformance import SearcherConformance
 from helpers import small_problem
 
 FAST = {"episodes": 6, "warmup": 2, "net_arch": [32, 32], "batch_size": 16}
 FAST_AUTOQ = {**FAST, "low_net_arch": [16, 16], "low_batch_size": 64}
-
-
-class TestAutoQConformance(SearcherConformance):
-    searcher = "autoq"
-    settings = FAST_AUTOQ
-    granularities = ("layer", "kernel")
-
-
-class TestHAQConformance(SearcherConformance):
-    searcher = "haq"
-    settings = FAST
-    granularities = ("layer", "kernel")
 
 
 def _run(name, problem, seed=0, callback=None, **settings):

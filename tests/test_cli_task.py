@@ -5,10 +5,10 @@ import json
 import jsonschema
 import pytest
 
+from bitsearch import searchers
 from bitsearch.cli import main
 from bitsearch.policy import schema_path
 
-from conformance import SearcherConformance
 from helpers import assert_one_line_error as one_line
 
 TASK = "semicircles-mlp"
@@ -73,25 +73,14 @@ def test_task_and_budget_errors(tmp_path, capsys):
     assert not out.exists()
 
 
-class TestUniformWidth(SearcherConformance):
-    searcher = "uniform-width"
-    settings = {"width_mults": (0.5, 1.0)}
-    granularities = ("layer",)
+def test_uniform_width_policy_names_its_width():
+    from bitsearch.build import ProblemOptions, SpaceOptions, problem_for_task
 
-    def make_problem(self, budgets, granularity):
-        from bitsearch.build import ProblemOptions, SpaceOptions, problem_for_task
-
-        return problem_for_task(TASK, SpaceOptions(granularity=granularity, weight_bits=(2, 3, 4, 8)),
-                                ProblemOptions(budgets=tuple(budgets)))
-
-    def space_of(self, result, problem):
-        mult = result.policy.meta["model"].get("width_mult", 1.0)
-        return problem.space if mult == 1.0 else problem.at_width(mult).space
-
-    def test_policy_names_its_width(self):
-        result = self.run(self.make_problem(("size=3bit",), "layer"))
-        model = result.policy.meta["model"]
-        assert model.get("width_mult", 1.0) in (0.5, 1.0)
+    problem = problem_for_task(TASK, SpaceOptions(granularity="layer", weight_bits=(2, 3, 4, 8)),
+                               ProblemOptions(budgets=("size=3bit",)))
+    result = searchers.create("uniform-width", width_mults=(0.5, 1.0)).search(problem)
+    model = result.policy.meta["model"]
+    assert model.get("width_mult", 1.0) in (0.5, 1.0)
 
 
 @pytest.mark.parametrize("task", ["digits-cnn", pytest.param("mnist1d-cnn", marks=pytest.mark.slow)])

@@ -3,7 +3,6 @@ searcher on a real task (conformance, budgets, activation search)."""
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import numpy as np
@@ -15,13 +14,13 @@ from bitsearch.cost import CostModel, make_cost_model  # noqa: E402
 from bitsearch.budget import resolve_budget  # noqa: E402
 from bitsearch.cost.tables import LatencyTableCost  # noqa: E402
 from bitsearch.encoding import Encoding  # noqa: E402
-from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError  # noqa: E402
+from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError, SearcherUnsupportedError  # noqa: E402
 from bitsearch.problem import Problem  # noqa: E402
 from bitsearch.quant import fractional as fq  # noqa: E402
 from bitsearch.solvers.fracbits import FracBitsSearcher, _RelaxedCost, project_to_budget  # noqa: E402
 
-from conformance import SearcherConformance  # noqa: E402
 from helpers import small_problem, small_space, synthetic_sensitivity  # noqa: E402
+from task_problems import task_problem  # noqa: E402
 
 CHOICES = (2, 3, 4, 8)
 
@@ -263,42 +262,12 @@ def test_settings_are_checked():
 
 def test_needs_an_evaluator_with_a_task():
     problem = small_problem(("size=3bit",), "layer")
-    with pytest.raises(SearcherSettingsError):
+    with pytest.raises(SearcherUnsupportedError):
         FracBitsSearcher().search(problem)
 
 
 # --- on a real task --------------------------------------------------------------------------
-def _task_modules():
-    tasks = pytest.importorskip("bitsearch.tasks")
-    evaluate = pytest.importorskip("bitsearch.evaluate")
-    pytest.importorskip("bitsearch.discover")
-    if not hasattr(tasks, "get_task"):
-        pytest.skip("bitsearch.tasks has not landed")
-    return tasks, evaluate
-
-
-@functools.lru_cache(maxsize=None)
-def _evaluator(task_name):
-    tasks, evaluate = _task_modules()
-    return evaluate.Evaluator(tasks.get_task(task_name))
-
-
-def task_problem(budgets, granularity="layer", task="digits-cnn", weight_bits=CHOICES, act_bits=(8,)):
-    evaluator = _evaluator(task)
-    space = evaluator.space(granularity, weight_bits, act_bits)
-    return Problem.build(space, budgets, evaluator=evaluator, task=task)
-
-
 FAST = {"epochs": 1, "train_samples": 256}
-
-
-class TestFracBitsConformance(SearcherConformance):
-    searcher = "fracbits"
-    settings = FAST
-    granularities = ("layer", "kernel")
-
-    def make_problem(self, budgets, granularity):
-        return task_problem(budgets, granularity)
 
 
 @pytest.mark.parametrize("budgets", [("bops=2.5bit",), ("energy=frac:0.2",), ("bitfusion=frac:0.5", "size=3bit")])

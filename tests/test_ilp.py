@@ -18,14 +18,13 @@ import pytest
 from bitsearch import searchers
 from bitsearch.cost import LatencyTableCost
 from bitsearch.encoding import Encoding
-from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError
+from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError, SearcherUnsupportedError
 from bitsearch.problem import Problem
 from bitsearch.sensitivity.table import SensitivityTable
 from bitsearch.solvers.ilp import ILPSearcher, build_formulation, mckp_applies
 from bitsearch.space import Layer, Pin, SearchSpace
 from bitsearch.tabular import load_problem
 
-from conformance import SearcherConformance
 from helpers import small_problem, synthetic_sensitivity
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hawq_v3_resnet18.json"
@@ -218,7 +217,7 @@ def test_auto_picks_the_knapsack_when_it_applies():
     assert result.info["method"] == "mckp"
     result = ILPSearcher().search(small_problem(("size=3bit", "bops=4bit"), "kernel"))
     assert result.info["method"] == "mip" and "budgets" in result.info["mckp_skipped"]
-    with pytest.raises(SearcherSettingsError, match="does not apply"):
+    with pytest.raises(SearcherUnsupportedError, match="does not apply"):
         ILPSearcher(method="mckp").search(small_problem(("size=3bit", "bops=4bit"), "layer"))
 
 
@@ -332,7 +331,7 @@ def test_unknown_solver_lists_the_known_ones():
 def test_needs_a_sensitivity_table():
     problem = small_problem(("size=3bit",))
     problem.sensitivity = None
-    with pytest.raises(SearcherSettingsError, match="sensitivity"):
+    with pytest.raises(SearcherUnsupportedError, match="sensitivity"):
         ILPSearcher().search(problem)
 
 
@@ -342,19 +341,3 @@ def test_import_bitsearch_does_not_import_pulp():
     assert out.returncode == 0, out.stderr
 
 
-# --- the shared suite -------------------------------------------------------------------------
-class TestILPConformance(SearcherConformance):
-    searcher = "ilp"
-    granularities = ("layer", "kernel")
-
-
-class TestILPMipConformance(SearcherConformance):
-    searcher = "ilp"
-    settings = {"method": "mip"}
-    granularities = ("layer", "kernel")
-
-
-class TestILPCbcConformance(SearcherConformance):
-    searcher = "ilp"
-    settings = {"method": "mip", "solver": "cbc"}
-    granularities = ("layer",)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from bitsearch.encoding import Encoding
 from bitsearch.errors import SearcherSettingsError
 from bitsearch.problem import Problem
 from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.settings import SearcherSettings, setting
 from bitsearch.solvers.refine import neighbours, refine_policy
 
 from helpers import small_space, synthetic_sensitivity
@@ -43,15 +46,22 @@ def problem_with_interaction(granularity="layer", budgets=("size=4bit",), **spac
     return Problem.build(space, budgets, evaluator=InteractionEvaluator(space, table), sensitivity=table)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _StartSettings(SearcherSettings):
+    start: Any = setting(None, help="the policy to refine")
+    rounds: int = setting(3, ge=0, help="rounds of local search")
+    limit: int | None = setting(None, ge=1, help="fresh evaluations at most")
+
+
 class _Start(BaseSearcher):
     """Test double: evaluates one given policy, then refines it."""
 
     name = "refine-test"
-    defaults = {"start": None, "rounds": 3, "limit": None}
+    settings_class = _StartSettings
 
     def _search(self, problem, run: SearchRun):
-        policy, run.info["refine"] = refine_policy(problem, run, self.settings["start"], self.settings["rounds"],
-                                                   max_evaluations=self.settings["limit"])
+        c = self.config
+        policy, run.info["refine"] = refine_policy(problem, run, c.start, c.rounds, max_evaluations=c.limit)
         return policy
 
 
