@@ -86,7 +86,7 @@ class RLSettings(SearcherSettings):
     gradient_steps: int = setting(1, ge=0, help="updates per decision after each episode")
     reward: str = setting("haq", choices=REWARD_FORMS, help="reward form: haq (accuracy points) or autoq (log ratio)")
     reward_scale: float = setting(1.0, gt=0, help="multiplies the reward")
-    cost_weights: dict[str, float] = setting({}, help="AutoQ's accuracy-guaranteed reward: cost name -> psi; "
+    cost_weights: dict[str, float] = setting({}, ge=0, help="AutoQ's accuracy-guaranteed reward: cost name -> psi; "
                                                       "the reward loses psi * log(cost / limit)")
     projection_penalty: float = setting(0.0, ge=0, help="reward lost per squared width step the budget "
                                                         "projection takes away, per unit")

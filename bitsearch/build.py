@@ -253,22 +253,3 @@ def problem_for(source, space_options: SpaceOptions = SpaceOptions(), options: P
 
 def needs_sensitivity(searcher_cls) -> bool:
     return getattr(searcher_cls, "needs", "any") == "sensitivity"
-
-
-def parse_settings(pairs: Iterable[str]) -> dict:
-    """``key=value`` strings into a settings dict (values parsed as JSON when they can be)."""
-    import json
-
-    from .errors import UserInputError
-
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UserInputError(f"setting {pair!r} does not parse: expected KEY=VALUE, e.g. samples=100")
-        key, value = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out

@@ -22,6 +22,18 @@ class BitsearchError(Exception):
     """Base class of every error raised on purpose by bitsearch."""
 
 
+class _Problems:
+    """Mixin of errors that list every problem found (``problems``), one clause each, so a
+    user fixes them in one go; the message joins them on one line after ``source``."""
+
+    def __init__(self, problems, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(_one_line(self.problems, source))
+
+
 class UserInputError(BitsearchError):
     """Bad input: a file, a flag, a name or a number the user gave.  Exit code 2."""
 
@@ -40,18 +52,9 @@ class SpaceError(UserInputError):
     """A search space that is inconsistent (unknown tied layer, bad bit choices...)."""
 
 
-class PolicyError(UserInputError):
-    """A policy that does not fit its space, or a malformed policy file.
-
-    ``problems`` lists every problem found, so a user fixes them in one go.
-    """
-
-    def __init__(self, problems, source: str | None = None):
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(_one_line(self.problems, source))
+class PolicyError(_Problems, UserInputError):
+    """A policy that does not fit its space, or a malformed policy file (``problems``
+    lists every problem found)."""
 
 
 class BudgetParseError(UserInputError):
@@ -104,16 +107,8 @@ class SearcherError(UserInputError):
     """
 
 
-class SearcherSettingsError(SearcherError):
-    """Settings a searcher does not accept.  ``problems`` lists each bad setting (one
-    clause each); the message joins them on one line."""
-
-    def __init__(self, problems, source: str | None = None):
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(_one_line(self.problems, source))
+class SearcherSettingsError(_Problems, SearcherError):
+    """Settings a searcher does not accept (``problems`` lists each bad setting)."""
 
 
 class SearcherUnsupportedError(SearcherError):

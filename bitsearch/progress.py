@@ -6,7 +6,8 @@
   imported only when a bar is really drawn.  :class:`SearchProgress` is a bar that works
   as a search callback (it follows the :class:`~bitsearch.search.SearchEvent` stream).
 * :func:`limit_threads`: the one way to cap the CPU threads of the numerical libraries:
-  ``--threads N`` of the commands, and the worker processes of ``bitsearch bench``.
+  ``--threads N`` of the commands, and the worker processes of ``bitsearch bench``;
+  :func:`cap_threads` keeps a requested count within :func:`available_cores`.
 
 Only the standard library is imported here (torch only when a thread count is applied
 and ``import_torch`` asks for it).
@@ -17,7 +18,8 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["progress_enabled", "Bar", "SearchProgress", "limit_threads", "THREAD_VARIABLES"]
+__all__ = ["progress_enabled", "Bar", "SearchProgress", "limit_threads", "cap_threads", "available_cores",
+           "THREAD_VARIABLES"]
 
 # what the BLAS / OpenMP runtimes read at start-up (set before torch or numpy start their pools)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -113,6 +115,27 @@ class SearchProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(threads: int | None, *, flag: str = "--threads") -> int | None:
+    """``threads`` at most :func:`available_cores`; more (10,000 threads on 2 cores only
+    thrash) is capped with a one-line warning on standard error.  None stays None."""
+    if threads is None:
+        return None
+    cores = available_cores()
+    if threads > cores:
+        print(f"bitsearch: warning: {flag} {threads} is more than the {cores} CPU cores this process may use; "
+              f"using {cores}", file=sys.stderr)
+        return cores
+    return threads
 
 
 def limit_threads(threads: int | None, *, import_torch: bool = True, environment: bool = False) -> None:

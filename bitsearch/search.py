@@ -21,9 +21,10 @@ from importlib import metadata
 from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
 
 from ._io import atomic_write_text, dumps
-from .errors import InfeasibleBudgetError, SearcherUnsupportedError, UnknownSearcherError, UserInputError
+from .errors import (InfeasibleBudgetError, SearcherSettingsError, SearcherUnsupportedError, UnknownSearcherError,
+                     UserInputError)
 from .policy import Policy
-from .settings import SearcherSettings, build_settings
+from .settings import SearcherSettings, build_settings, parse_value
 
 ENTRY_POINT_GROUP = "bitsearch.searchers"
 DEFAULT_SEED = 0
@@ -135,11 +136,6 @@ class BaseSearcher:
     description: ClassVar[str] = ""
     # True when the seed cannot change the result (``bitsearch bench`` then runs it once)
     deterministic: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        # the defaults as plain JSON (what `bitsearch searchers` lists)
-        cls.defaults = cls.settings_class().to_dict()
 
     def __init__(self, settings: SearcherSettings | Mapping[str, Any] | None = None, /, **overrides):
         self.config = build_settings(self.settings_class, settings, overrides, source=f"searcher {self.name!r}")
@@ -318,6 +314,30 @@ def get(name: str) -> type:
                                    f"loaded: {exc}") from None
     _REGISTERED[name] = cls
     return cls
+
+
+def parse_settings(searcher_cls, pairs) -> dict:
+    """``KEY=VALUE`` strings (``--set``) into settings for ``searcher_cls``, each value read
+    as its field's type (:func:`bitsearch.settings.parse_value`); a bad name or value is a
+    one-line :class:`SearcherSettingsError`.  A searcher without a settings dataclass (the
+    bare protocol) gets JSON values where they parse, strings otherwise."""
+    settings_class = getattr(searcher_cls, "settings_class", None)
+    typed = isinstance(settings_class, type) and issubclass(settings_class, SearcherSettings)
+    source = f"searcher {getattr(searcher_cls, 'name', searcher_cls.__name__)!r}"
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise SearcherSettingsError(f"--set {pair!r} does not parse: expected KEY=VALUE, e.g. samples=100")
+        if typed:
+            out[key] = parse_value(settings_class, key, text, source=source)
+        else:
+            try:
+                out[key] = json.loads(text)
+            except json.JSONDecodeError:
+                out[key] = text
+    return out
 
 
 def create(name: str, **settings):

@@ -151,6 +151,11 @@ class SearchSpace:
         for name, pin in self.pinned:
             if name not in index:
                 problems.append(f"pinned layer {name!r} is not a layer of the space")
+            for what, bits in (("weight", pin.weight_bits), ("activation", pin.act_bits)):
+                if bits is None and what == "activation":
+                    continue
+                if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
+                    problems.append(f"pinned layer {name!r}: {what} bits {bits!r} are not a width in 1..32")
         pinned_names = {n for n, _ in self.pinned}
         for group in self.tied:
             inside = [n for n in group if n in pinned_names]

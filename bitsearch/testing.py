@@ -364,20 +364,15 @@ class SearcherConformance:
     def run(self, problem, seed=0, callback=None, **overrides):
         return self.case().run(problem, seed=seed, callback=callback, **overrides)
 
-    def test_settings(self, granularity):
-        check_settings_of(self.case(), granularity)
 
-    def test_budgets_kept_exactly(self, granularity):
-        check_budgets_kept_exactly(self.case(), granularity)
+def _as_test(name: str, check):
+    def test(self, granularity):
+        check(self.case(), granularity)
 
-    def test_json_round_trip(self, granularity):
-        check_json_round_trip(self.case(), granularity)
+    test.__name__ = f"test_{name}"
+    test.__doc__ = check.__doc__
+    return test
 
-    def test_same_seed_same_policy(self, granularity):
-        check_same_seed_same_policy(self.case(), granularity)
 
-    def test_callback_can_stop(self, granularity):
-        check_callback_can_stop(self.case(), granularity)
-
-    def test_infeasible_budget_raises(self, granularity):
-        check_infeasible_budget_raises(self.case(), granularity)
+for _name, _check in CHECKS.items():  # one test method per check, so the class and CHECKS agree
+    setattr(SearcherConformance, f"test_{_name}", _as_test(_name, _check))

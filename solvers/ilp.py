@@ -494,8 +494,7 @@ class ILPSolution:
 class ILPSolveSettings(SearcherSettings):
     """How the ILP is solved (shared by ``ilp`` and ``bmpq``, which re-solves it)."""
 
-    method: str = setting("auto", choices=METHODS,
-                          help="auto: the knapsack path when it applies, else the MIP; or mckp, or mip")
+    method: str = setting("auto", choices=METHODS, help="auto: the knapsack path when it applies, else the MIP")
     solver: str = setting("highs", choices=SOLVERS, help="MIP solver: highs (highspy) or cbc (bundled with PuLP)")
     time_limit: float | None = setting(None, gt=0, help="seconds for the MIP solver, then the best policy found "
                                                         "with its proven gap (None: no limit)")

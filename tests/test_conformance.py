@@ -209,3 +209,23 @@ def test_check_searcher_catches_a_searcher_that_breaks_the_contract(throwaway_si
 
     with pytest.raises(AssertionError, match="over budget"):
         check_searcher(OverBudget, skip=("settings",))
+
+
+def test_the_readme_example_searcher_conforms():
+    """README's "Adding a searcher" runs as written and passes the shipped checks."""
+    import re
+    from pathlib import Path
+
+    from bitsearch.search import _REGISTERED, register
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Adding a searcher"):]
+    section = section[:section.index("\n## ", 5)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - the project's own README
+    register("walk", namespace["WalkSearcher"])
+    try:
+        exec(compile(blocks[1].split("\n\nclass ")[0], "README.md", "exec"), {})  # check_searcher("walk", ...)
+    finally:
+        _REGISTERED.pop("walk", None)

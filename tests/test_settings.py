@@ -188,7 +188,7 @@ def problem_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("value", ["abc", "nan", "2.5", "0", "-3"])
+@pytest.mark.parametrize("value", ["abc", "nan", "2.5", "0", "-3", "1e3", "true"])
 def test_set_with_a_bad_value_is_one_line_and_writes_nothing(problem_file, tmp_path, capsys, value):
     out = tmp_path / "p.json"
     code = main(["search", "--problem", str(problem_file), "--searcher", "random", "--budget", "size=3bit",
@@ -208,3 +208,91 @@ def test_a_bench_with_bad_settings_fails_before_its_first_run(tmp_path, capsys):
     code = main(["bench", str(suite), "--out", str(tmp_path / "out")])
     assert_one_line_error(code, capsys.readouterr().err, "samples must be an integer >= 1 (got 2.5)")
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_set_reads_each_value_as_its_settings_type(problem_file, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    code = main(["search", "--problem", str(problem_file), "--searcher", "ilp", "--budget", "size=3bit",
+                 "--set", "time_limit=30", "--set", "mip-gap=none", "--set", "verbose=false", "--set", "refine=1",
+                 "--out", str(out), "--json"])
+    assert code == 0, capsys.readouterr().err
+    settings = json.loads(out.read_text())["search"]["settings"]
+    assert settings["time_limit"] == 30.0 and settings["mip_gap"] is None and settings["refine"] == 1
+    for bad, words in (("temperature=3", "has no settings named 'temperature'"), ("solver", "expected KEY=VALUE"),
+                       ("method=greedy", "method must be one of auto, mckp, mip (got 'greedy')"),
+                       ("verbose=maybe", "verbose must be true or false (got 'maybe')")):
+        code = main(["search", "--problem", str(problem_file), "--searcher", "ilp", "--budget", "size=3bit",
+                     "--set", bad])
+        assert_one_line_error(code, capsys.readouterr().err, words)
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--seed", "-1", "the seed must be an integer in [0, 2**32) (got '-1')"),
+    ("--seed", str(2 ** 32), "the seed must be an integer in [0, 2**32)"),
+    ("--seed", "1.5", "the seed must be an integer in [0, 2**32)"),
+    ("--pin-first-last", "99", "bit widths [99] are outside 1..16"),
+    ("--pin-first-last", "4,8", "give one width in bits"),
+    ("--threads", "two", "--threads takes a whole number of threads (got 'two')"),
+])
+def test_bad_flags_are_one_line_before_any_work(problem_file, tmp_path, capsys, flag, value, words):
+    out = tmp_path / "p.json"
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--task", "mnist1d-cnn", "--searcher", "uniform", "--budget", "size=3bit", flag, value,
+              "--out", str(out)])
+    assert_one_line_error(info.value.code, capsys.readouterr().err, words)
+    assert not out.exists()
+
+
+def test_threads_beyond_the_cores_are_capped_with_a_warning(problem_file, capsys, monkeypatch):
+    from bitsearch import progress
+    from bitsearch.commands.common import threads_arg
+
+    monkeypatch.setattr(progress, "available_cores", lambda: 2)
+    assert threads_arg("10000") == 2
+    assert capsys.readouterr().err == ("bitsearch: warning: --threads 10000 is more than the 2 CPU cores this "
+                                       "process may use; using 2\n")
+    assert threads_arg("2") == 2 and capsys.readouterr().err == ""
+    code = main(["search", "--problem", str(problem_file), "--searcher", "uniform", "--budget", "size=3bit",
+                 "--threads", "10000"])
+    assert code == 0 and "using 2" in capsys.readouterr().err
+
+
+def test_pins_outside_the_widths_are_refused_by_the_space():
+    from bitsearch.errors import SpaceError
+    from bitsearch.space import Pin
+
+    from helpers import small_space
+
+    with pytest.raises(SpaceError, match=r"pinned layer 'stem': weight bits 99 are not a width in 1\.\.32"):
+        small_space(pinned=(("stem", Pin(99, 8)),))
+    with pytest.raises(SpaceError, match="activation bits 0"):
+        small_space(pinned=(("fc", Pin(8, 0)),))
+    assert small_space(pinned=(("fc", Pin(8, None)),)).pins["fc"].act_bits is None
+
+
+def test_a_suite_with_a_seed_out_of_range_or_a_wide_pin_is_refused(tmp_path, capsys):
+    from bitsearch.tabular import write_problem
+
+    write_problem(small_problem(()), tmp_path / "small.json")
+    for head, words in (('seeds = [0, 1, -1]', "'seeds' must be a list of integers in [0, 2**32)"),
+                        ('seeds = [0, 1, 2]\n[space]\npin_first_last = 99',
+                         "pin_first_last must be a width in bits (1..16), not 99")):
+        suite = tmp_path / "suite.toml"
+        suite.write_text(f'problem = "small.json"\nbudgets = ["size=3bit"]\n{head}\n\n'
+                         '[[searchers]]\nname = "uniform"\n', encoding="utf-8")
+        code = main(["bench", str(suite), "--out", str(tmp_path / "out")])
+        assert_one_line_error(code, capsys.readouterr().err, words)
+
+
+def test_searchers_lists_type_default_and_help(capsys):
+    assert main(["searchers", "ilp"]) == 0
+    out = capsys.readouterr().out
+    assert "time_limit" in out and "float | None" in out and "[> 0]" in out and "MIP solver" in out
+    assert main(["searchers", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    samples = rows["random"]["settings"][0]
+    assert samples == {"name": "samples", "type": "int", "default": 50, "help": "random policies within budget to "
+                       "score", "allowed": ">= 1"}
+    assert set(rows) == set(searchers.available())
+    code = main(["searchers", "nope"])
+    assert_one_line_error(code, capsys.readouterr().err, "unknown searcher 'nope'", "ilp")

@@ -2,6 +2,45 @@
 
 from __future__ import annotations
 
+import argparse
+
+
+def seed_arg(text: str) -> int:
+    """``--seed``: an integer in [0, 2**32) (what numpy's and torch's generators take)."""
+    from ..errors import UserInputError
+    from ..search import check_seed
+
+    try:
+        return check_seed(int(text))
+    except (ValueError, UserInputError):
+        raise argparse.ArgumentTypeError(f"the seed must be an integer in [0, 2**32) (got {text!r})") from None
+
+
+def threads_arg(text: str) -> int:
+    """``--threads``: an integer, capped at the machine's cores (with a warning); a count
+    below 1 is refused where it is applied (:func:`bitsearch.progress.limit_threads`)."""
+    from ..progress import cap_threads
+
+    try:
+        threads = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes a whole number of threads (got {text!r})") from None
+    return cap_threads(threads) if threads >= 1 else threads
+
+
+def width_arg(text: str) -> int:
+    """A single width in bits (``--pin-first-last``), in the range ``--weight-bits`` takes."""
+    from ..errors import UserInputError
+    from ..space import parse_bits
+
+    try:
+        widths = parse_bits(text)
+    except UserInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(widths) != 1 or str(widths[0]) != text.strip():
+        raise argparse.ArgumentTypeError(f"give one width in bits, e.g. 8 (got {text!r})")
+    return widths[0]
+
 
 def add_space_options(parser) -> None:
     """``--granularity --weight-bits --act-bits --pin-first-last --width-mult``."""
@@ -13,7 +52,7 @@ def add_space_options(parser) -> None:
     g.add_argument("--act-bits", default="8", metavar="BITS",
                    help="activation widths: one value fixes them (default 8), several are searched "
                         "per layer (4,8), 'none' leaves activations in float")
-    g.add_argument("--pin-first-last", type=int, default=None, metavar="N",
+    g.add_argument("--pin-first-last", type=width_arg, default=None, metavar="N",
                    help="pin the first and last layer at N bits (weights and activations)")
     g.add_argument("--width-mult", type=float, default=1.0, metavar="M",
                    help="build the task's model at this width multiplier (default 1.0)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ..progress import limit_threads, progress_enabled
-from .common import print_result
+from .common import print_result, threads_arg
 
 
 def register(subparsers) -> None:
@@ -24,8 +24,8 @@ def register(subparsers) -> None:
                                                                   "does not name one")
     p.add_argument("--latency-table", metavar="FILE", help="also report latency from this table")
     p.add_argument("--model", metavar="FILE", help="score this fine-tuned model (from bitsearch finetune)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=threads_arg, default=None, metavar="N",
+                   help="torch CPU threads, at most the machine's cores (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 

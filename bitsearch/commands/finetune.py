@@ -9,7 +9,7 @@ import json
 import sys
 
 from ..progress import limit_threads, progress_enabled
-from .common import check_outputs
+from .common import check_outputs, seed_arg, threads_arg
 
 DESCRIPTION = """\
 Fine-tune the task's model at the policy's widths: LSQ step sizes for weights, PACT
@@ -45,10 +45,11 @@ def register(subparsers) -> None:
                    help="epochs per learning-rate cycle (default: all epochs, one cycle)")
     p.add_argument("--lipschitz", type=float, default=0.0, metavar="BETA",
                    help="add BETA/2 * sum ||W W^T - I||^2 to the loss (default 0: off; the study used 1e-4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed in [0, 2**32) (default 0)")
     p.add_argument("--width-mult", type=float, default=None, help="model width multiplier when the policy "
                                                                    "names none (default 1.0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="torch CPU threads, at most the machine's cores (default: torch's choice)")
     p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default OUT.ckpt)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

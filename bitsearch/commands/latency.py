@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..progress import Bar
-from .common import check_outputs
+from .common import check_outputs, threads_arg, width_arg
 
 DESCRIPTION = """\
 Latency tables for 'bitsearch search --latency-table FILE --budget latency=...'.
@@ -43,14 +43,14 @@ def register(subparsers) -> None:
         q.add_argument("--act-bits", default=None, metavar="BITS",
                        help="activation widths (4,8; 'none' for float, also beside widths: 8,none); default 8")
         q.add_argument("--width-mult", type=float, default=1.0, metavar="M", help="model width multiplier")
-        q.add_argument("--pin-first-last", type=int, default=None, metavar="N",
+        q.add_argument("--pin-first-last", type=width_arg, default=None, metavar="N",
                        help="the first and last layer only at N bits (as in bitsearch search)")
         q.add_argument("--out", required=True, metavar="FILE", help="the CSV to write")
         if action == "measure":
             q.add_argument("--template", metavar="FILE", help="measure the rows of this table (e.g. a template)")
             q.add_argument("--repeats", type=int, default=20, help="timed samples per layer and kernel (default 20)")
             q.add_argument("--warmup", type=int, default=3, help="warm-up calls before timing (default 3)")
-            q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+            q.add_argument("--threads", type=threads_arg, default=1, help="torch CPU threads (default 1)")
             q.add_argument("--batch", type=int, default=1, help="batch size of the timed calls (default 1); "
                                                                 "latencies are per sample")
             q.add_argument("--float-only", action="store_true", help="time the float32 kernel only")

@@ -7,7 +7,7 @@ import json
 
 from ..errors import UserInputError
 from ..progress import SearchProgress, limit_threads, progress_enabled
-from .common import add_space_options, check_outputs, print_result, space_options
+from .common import add_space_options, check_outputs, print_result, seed_arg, space_options, threads_arg
 
 EXAMPLES = """\
 examples:
@@ -51,15 +51,17 @@ def register(subparsers) -> None:
     g.add_argument("--latency-table", metavar="FILE", help="measured latency table (CSV or JSON) for latency=")
     g.add_argument("--sensitivity", metavar="METHOD",
                    help="sensitivity estimate for searchers that use one: hessian (default), bitgrad, empirical")
-    g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads for training and scoring (default: torch's choice; 1 is often "
-                        "fastest for the small built-in tasks on a busy machine)")
+    g.add_argument("--threads", type=threads_arg, default=None, metavar="N",
+                   help="torch CPU threads for training and scoring, at most the machine's cores (default: "
+                        "torch's choice; 1 is often fastest for the small built-in tasks on a busy machine)")
     s = p.add_argument_group("searcher settings")
-    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same policy (default 0)")
+    s.add_argument("--seed", type=seed_arg, default=0,
+                   help="random seed in [0, 2**32); the same seed gives the same policy (default 0)")
     s.add_argument("--solver", help="MIP solver for ilp/bmpq: highs (default) or cbc")
     s.add_argument("--time-limit", type=float, default=None, metavar="S", help="solver time limit in seconds")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any searcher setting, e.g. --set samples=200 (see bitsearch searchers)")
+                   help="any searcher setting, read as the setting's type: --set samples=200, "
+                        "--set net_arch=64,64, --set time_limit=none (bitsearch searchers lists them)")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="FILE", help="write the policy JSON here (a new or regular file in an existing folder)")
     o.add_argument("--write-problem", metavar="FILE", help="also write the problem as a tabular problem file")
@@ -70,8 +72,8 @@ def register(subparsers) -> None:
 def cmd_search(args) -> int:
     from .. import searchers
     from ..budget import parse_budget
-    from ..build import parse_settings
     from ..policy import save_policy
+    from ..search import parse_settings
 
     check_outputs(("--out", args.out), ("--write-problem", args.write_problem))
     if not args.budget:
@@ -79,7 +81,7 @@ def cmd_search(args) -> int:
     for text in args.budget:  # fail on a bad budget before any training
         parse_budget(text)
     cls = searchers.get(args.searcher)
-    settings = parse_settings(args.set or [])
+    settings = parse_settings(cls, args.set or [])
     if args.solver:
         settings["solver"] = args.solver
     if args.time_limit is not None:
