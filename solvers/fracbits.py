@@ -496,7 +496,7 @@ class FracBitsSearcher(BaseSearcher):
             with torch.no_grad():
                 ratios = relaxed.ratios(bits_w, bits_a).tolist()
             run.emit("progress", step=epoch + 1, total=s.epochs,
-                     message=f"epoch {epoch + 1}/{s['epochs']}: loss {loss_sum / max(1, seen):.4f}, "
+                     message=f"epoch {epoch + 1}/{s.epochs}: loss {loss_sum / max(1, seen):.4f}, "
                              f"cost/budget {max(ratios) if ratios else 0:.4f}",
                      loss=loss_sum / max(1, seen), task_loss=task_sum / max(1, seen),
                      cost_ratios=ratios, mean_weight_bits=float(bits_w.detach().mean()))
@@ -526,7 +526,7 @@ class FracBitsSearcher(BaseSearcher):
             for batch in batches:
                 evaluator.train_step(quantized, batch, optimizer)
             run.emit("progress", step=epoch + 1, total=s.finetune_epochs,
-                     message=f"fine-tuning epoch {epoch + 1}/{s['finetune_epochs']}", phase="finetune")
+                     message=f"fine-tuning epoch {epoch + 1}/{s.finetune_epochs}", phase="finetune")
             if run.stopped:
                 break
         model.eval()
