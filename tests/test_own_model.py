@@ -11,7 +11,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import bitsearch  # noqa: E402
-from bitsearch.errors import SearcherSettingsError, UserInputError  # noqa: E402
+from bitsearch.errors import SearcherUnsupportedError, UserInputError  # noqa: E402
 from bitsearch.evaluate import ModelEvaluator, classification_metrics  # noqa: E402
 from bitsearch.policy import Policy  # noqa: E402
 from bitsearch.problem import Problem, TrainableEvaluator, missing_members  # noqa: E402
@@ -207,16 +207,16 @@ def test_training_searchers_say_what_they_need(user_files):
         trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=test_loader,
         evaluate=my_evaluate(test_loader), metric="accuracy", budgets=["size=4bit"])
     for name in ("fracbits", "bmpq"):
-        with pytest.raises(SearcherSettingsError, match=rf"searcher '{name}' trains the model: it needs training "
+        with pytest.raises(SearcherUnsupportedError, match=rf"searcher '{name}' trains the model: it needs training "
                                                         r"batches .*train_loader=.*a model without training data"):
             bitsearch.searchers.create(name).search(no_training, seed=0)
-    with pytest.raises(SearcherSettingsError, match="uniform-width' retrains the model at several width"):
+    with pytest.raises(SearcherUnsupportedError, match="uniform-width' retrains the model at several width"):
         bitsearch.searchers.create("uniform-width").search(no_training, seed=0)
     no_metric = bitsearch.problem_for_model(trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE),
                                             budgets=["size=4bit"])
-    with pytest.raises(SearcherSettingsError, match="needs something to optimise: .*evaluate="):
+    with pytest.raises(SearcherUnsupportedError, match="needs something to optimise: .*evaluate="):
         bitsearch.searchers.create("random").search(no_metric, seed=0)
-    with pytest.raises(SearcherSettingsError, match="needs a sensitivity table"):
+    with pytest.raises(SearcherUnsupportedError, match="needs a sensitivity table"):
         bitsearch.searchers.create("ilp").search(no_metric, seed=0)
 
 
