@@ -1,10 +1,10 @@
 """The benchmark harness behind ``bitsearch bench``: searchers against each other.
 
-A *suite* (a TOML file, see :data:`SUITE_FORMAT`) names the task, the search space, the
-budgets, the searchers with their settings, the seeds and how policies are scored.  The
-bench runs every searcher x budget set x seed (a searcher that is deterministic runs
-once), optionally with the ``exhaustive`` searcher as the oracle, and writes into the
-output directory:
+A *suite* (a TOML file checked against ``bitsearch/schemas/suite.schema.json``; see
+:func:`suite_format`) names the task, the search space, the budgets, the searchers with
+their settings, the seeds and how policies are scored.  The bench runs every searcher x
+budget set x seed (a searcher that is deterministic runs once), optionally with the
+``exhaustive`` searcher as the oracle, and writes into the output directory:
 
 * ``results.jsonl`` -- the journal: one line per finished run, fsync'd (see
   :mod:`bitsearch.journal`); what ``--resume`` reads;
