@@ -13,7 +13,7 @@ from bitsearch.settings import SearcherSettings, setting
 
 from .rl import OFF_POLICY
 
-REWARD_FORMS = ("haq", "autoq")  # as bitsearch.envs.quant_env.REWARD_FORMS (not imported: that needs gymnasium)
+REWARD_FORMS = ("haq", "autoq")  # as bitsearch.envs.walk.REWARD_FORMS (not imported: envs needs gymnasium)
 
 
 def truncated_normal(rng: np.random.Generator, mean, sigma: float, low: float, high: float) -> np.ndarray:
@@ -96,7 +96,9 @@ class RLSettings(SearcherSettings):
 
 
 class RunEnv:
-    """The QuantEnv of a search run, wired so that every episode's policy is recorded.
+    """The episode walk of a search run (:class:`~bitsearch.envs.QuantWalk`), wired so that
+    every episode's policy is recorded; ``gym=True`` wraps it in the gymnasium
+    :class:`~bitsearch.envs.QuantEnv` (for an agent that steps one decision at a time).
 
     When the env's reward reads the problem's own objective, every episode goes through
     ``run.evaluate`` (recorded in the history, cached by the run).  When it reads the
@@ -105,8 +107,8 @@ class RunEnv:
     beat the best reward so far are evaluated by the run.
     """
 
-    def __init__(self, problem, run, settings: RLSettings, *, action_type: str = "continuous"):
-        from bitsearch.envs import QuantEnv
+    def __init__(self, problem, run, settings: RLSettings, *, gym: bool = False):
+        from bitsearch.envs import QuantEnv, QuantWalk
 
         objective = settings.objective
         self.run = run
@@ -114,10 +116,11 @@ class RunEnv:
         self.total = settings.episodes
         self.separate = objective == "sensitivity" and problem.objective != "sensitivity"
         evaluate = None if self.separate else self._evaluate
-        self.env = QuantEnv(problem, action_type=action_type, reward=settings.reward,
-                            reward_scale=settings.reward_scale, cost_weights=settings.cost_weights or None,
-                            objective=objective, projection_penalty=settings.projection_penalty,
-                            evaluate=evaluate)
+        self.walk = QuantWalk(problem, reward=settings.reward, reward_scale=settings.reward_scale,
+                              cost_weights=settings.cost_weights or None, objective=objective,
+                              projection_penalty=settings.projection_penalty, evaluate=evaluate,
+                              name="QuantEnv" if gym else "QuantWalk")
+        self.env = QuantEnv(walk=self.walk, action_type="continuous") if gym else self.walk
         self.best_reward = -np.inf
 
     def _evaluate(self, policy):

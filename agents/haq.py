@@ -51,7 +51,7 @@ class HAQSearcher(BaseSearcher):
         s = self.config
         episodes, warmup = s.episodes, s.warmup
         algorithm = s.algorithm
-        wrapped = RunEnv(problem, run, s, action_type="continuous")
+        wrapped = RunEnv(problem, run, s, gym=True)
         env = wrapped.env
         steps = env.n_steps
         learner = OffPolicyLearner(

@@ -105,14 +105,16 @@ class _AutoQRun:
     def __init__(self, settings, problem, run: SearchRun):
         s = self.s = settings
         self.run = run
-        self.wrapped = RunEnv(problem, run, s, action_type="continuous")
-        env = self.env = self.wrapped.env
+        self.wrapped = RunEnv(problem, run, s)
+        env = self.env = self.wrapped.walk
         self.kernel_wise = problem.space.granularity == "kernel"
         self.high_dim = 2 if env.act_searched else 1
         self.algorithm = s.algorithm
         self.low_algorithm = s.low_algorithm
         self.rng = np.random.default_rng(run.seed)
-        obs_dim = env.observation_space.shape[0]
+        from bitsearch.envs.walk import N_OBS
+
+        obs_dim = N_OBS
         groups = env.n_groups
         if self.algorithm == "ppo":
             n_steps = groups * max(1, s.ppo_episodes)

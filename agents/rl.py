@@ -34,6 +34,29 @@ def _spaces(obs_dim: int, act_dim: int):
     return obs_space, act_space
 
 
+def make_spaces_env(observation_space, action_space):
+    """A do-nothing gymnasium env that only carries spaces: stable-baselines3 builds its
+    models from an env, while the agents here drive their rollouts themselves."""
+    import gymnasium as gym
+
+    class SpacesEnv(gym.Env):
+        metadata = {"render_modes": []}
+
+        def __init__(self):
+            self.observation_space = observation_space
+            self.action_space = action_space
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype), {}
+
+        def step(self, action):  # pragma: no cover - never stepped
+            return (np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype), 0.0, True, False,
+                    {})
+
+    return SpacesEnv()
+
+
 def _quiet_logger():
     from stable_baselines3.common.logger import Logger
 
@@ -55,8 +78,6 @@ class OffPolicyLearner:
                  net_arch, buffer_size: int, tau: float, gamma: float, seed: int):
         import torch as th
         from stable_baselines3 import DDPG, SAC, TD3
-
-        from bitsearch.envs.quant_env import make_spaces_env
 
         algorithm = algorithm.lower()
         classes = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
@@ -130,8 +151,6 @@ class PPOLearner:
                  batch_size: int, n_epochs: int, gamma: float, seed: int, ent_coef: float = 0.0):
         import torch as th
         from stable_baselines3 import PPO
-
-        from bitsearch.envs.quant_env import make_spaces_env
 
         obs_space, act_space = _spaces(obs_dim, act_dim)
         self.model = PPO("MlpPolicy", make_spaces_env(obs_space, act_space), learning_rate=learning_rate,

@@ -1,4 +1,5 @@
-"""QuantEnv, a gymnasium environment over a bitsearch Problem.
+"""The episode walk over a bitsearch Problem (:class:`QuantWalk`, plain numpy) and its
+gymnasium face (:class:`QuantEnv`, a thin adapter).
 
 Importing this package registers ``bitsearch/QuantEnv-v0`` (by entry-point string), so::
 
@@ -13,7 +14,8 @@ ENV_ID = "bitsearch/QuantEnv-v0"
 if ENV_ID not in gymnasium.registry:
     gymnasium.register(id=ENV_ID, entry_point="bitsearch.envs.quant_env:QuantEnv")
 
-from .quant_env import OBSERVATION_FEATURES, EpisodeResult, QuantEnv  # noqa: E402
 from .projection import project  # noqa: E402
+from .quant_env import QuantEnv  # noqa: E402
+from .walk import OBSERVATION_FEATURES, EpisodeResult, QuantWalk  # noqa: E402
 
-__all__ = ["ENV_ID", "QuantEnv", "EpisodeResult", "OBSERVATION_FEATURES", "project"]
+__all__ = ["ENV_ID", "QuantEnv", "QuantWalk", "EpisodeResult", "OBSERVATION_FEATURES", "project"]

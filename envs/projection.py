@@ -30,8 +30,8 @@ Method (a multiple-choice knapsack, solved the standard way):
    and pay for it by lowering one other unit, whenever that loses less intent; repeat
    until no such swap helps.
 
-The result meets every budget under the planning costs (per-unit tables from
-:func:`bitsearch.cost.unit_cost_table`); the env then checks it against the reference
+The result meets every budget under the planning costs (per-unit arrays from
+:func:`bitsearch.cost.unit_tables`); the walk then checks it against the reference
 cost models and, if a non-separable model (a measured latency table at kernel
 granularity, where a layer pays its widest kernel) disagrees, lowers further with a
 larger multiplier until the reference says it fits.

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitsearch.budget import format_cost
+from bitsearch.cost import UnitTables, unit_tables
 from bitsearch.encoding import Encoding
 from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError, SearcherUnsupportedError
 from bitsearch.policy import Policy
@@ -62,29 +63,16 @@ PROJECTIONS = ("auto", "knapsack", "greedy")
 
 
 # --- cost tables -------------------------------------------------------------------------
-def _act_options(space) -> tuple:
-    """The activation widths a free layer may take, as the cost tables index them."""
-    return space.act_choices  # (None,) for float, (8,) fixed, or the searched widths
-
-
-def relaxed_cost_tables(model, space) -> dict[int, np.ndarray]:
-    """``table[i][w, a]``: cost of free layer ``i`` at weight choice ``w`` and activation
-    choice ``a`` (``layer_cost``; per kernel at kernel granularity for ``sum`` models)."""
-    tables = {}
-    acts = _act_options(space)
-    for i in space.free_layers():
-        layer = space.layers[i]
-        table = np.array([[model.layer_cost(layer, w, a) for a in acts] for w in space.weight_bits], dtype=float)
-        if space.granularity == "kernel" and model.per_kernel == "sum":
-            table = table / layer.kernels
-        tables[i] = table
-    return tables
-
-
-def pinned_cost(model, space) -> float:
-    pins = space.pins
-    return math.fsum(model.layer_cost(layer, pins[layer.name].weight_bits, pins[layer.name].act_bits)
-                     for layer in space.layers if layer.name in pins)
+def relaxed_cost_tables(tables: UnitTables, b: int) -> dict[int, np.ndarray]:
+    """``table[i][w, a]``: cost of free layer ``i`` under budget ``b`` at weight choice ``w``
+    and activation choice ``a`` (``space.act_choices``), per kernel at kernel granularity
+    for ``sum`` models (each kernel pays its share at its own width); from the problem's
+    :func:`~bitsearch.cost.unit_tables`."""
+    enc = tables.encoding
+    share = enc.granularity == "kernel" and tables.per_kernel[b] == "sum"
+    space = enc.space
+    return {int(i): tables.layer_costs[b, k] / space.layers[i].kernels if share else tables.layer_costs[b, k]
+            for k, i in enumerate(enc.free_layers.tolist())}
 
 
 # --- projection --------------------------------------------------------------------------
@@ -95,31 +83,27 @@ class _State:
         self.problem = problem
         self.space = space = problem.space
         self.encoding = encoding
-        self.units = encoding.units
         self.groups = encoding.groups
         self.w = np.array(weight_index, dtype=int)
         self.a = np.array(act_index, dtype=int)
         self.budgets = problem.budgets
         self.models = [problem.costs[b.cost] for b in self.budgets]
-        self.tables = [relaxed_cost_tables(m, space) for m in self.models]
-        self.fixed = np.array([pinned_cost(m, space) for m in self.models], dtype=float)
-        self.limits = np.array([b.limit for b in self.budgets], dtype=float)
+        units = unit_tables(problem, encoding)
+        self.tables = [relaxed_cost_tables(units, b) for b in range(units.n_budgets)]
+        self.fixed = units.pinned
+        self.limits = units.limits
         self.kernel = space.granularity == "kernel"
         # free layer -> its weight units (indices into w), and act group
-        self.layer_units: dict[int, list[int]] = {}
-        for u, unit in enumerate(self.units):
-            for i in unit.layers:
-                self.layer_units.setdefault(i, []).append(u)
-        self.layer_group = {i: j for j, group in enumerate(self.groups) for i in group}
+        self.layer_units = {i: np.arange(sl.start, sl.stop) for i, sl in encoding.layer_slices.items()}
+        self.layer_group = {i: int(g) for i, g in enumerate(encoding.layer_group.tolist()) if g >= 0}
         self.layer_cost = {i: self._layer_cost(i, self.w, self.a) for i in space.free_layers()}
         # per unit: its activation group, and for every budget whose cost is a sum over
         # units, the unit's cost at each (weight, activation) choice
-        self.unit_group = np.array([self.layer_group[unit.layers[0]] if space.act_searched else 0
-                                    for unit in self.units], dtype=int)
-        self.separable = [not self.kernel or m.per_kernel == "sum" for m in self.models]
-        self.unit_tables = [np.stack([sum(tables[i] for i in unit.layers) for unit in self.units])
-                            if sep and self.units else None
-                            for sep, tables in zip(self.separable, self.tables)]
+        self.unit_group = encoding.unit_group if space.act_searched else np.zeros(encoding.n_weight_units, dtype=int)
+        self.separable = units.separable.tolist()
+        self.unit_tables = [np.ascontiguousarray(units.costs[b].transpose(1, 2, 0))
+                            if sep and encoding.n_weight_units else None
+                            for b, sep in enumerate(self.separable)]
 
     def act_of(self, i: int, a) -> int:
         return int(a[self.layer_group[i]]) if self.space.act_searched else 0
@@ -165,7 +149,7 @@ class _State:
                     for k, u in enumerate(units):
                         w2 = self.w.copy()
                         w2[u] = new[u]
-                        i = self.units[u].layers[0]
+                        i = int(self.encoding.unit_layer[u])
                         delta[k, b] = self._layer_cost(i, w2, self.a)[b] - self.layer_cost[i][b]
             blocks.append(("w", units, new[units], delta))
         extra = []
@@ -194,7 +178,8 @@ class _State:
     def apply(self, kind: str, indices, new: int) -> None:
         if kind in ("w", "g"):
             self.w[list(indices)] = new
-            touched = sorted({i for u in indices for i in self.units[u].layers})
+            touched = sorted({i for u in indices for i in self.encoding.unit_layers[u]}) if not self.kernel \
+                else sorted(set(self.encoding.unit_layer[list(indices)].tolist()))
         else:
             self.a[indices[0]] = new
             touched = self.groups[indices[0]]
@@ -237,7 +222,7 @@ def project_to_budget(problem, learned_weight_bits, learned_act_bits=None, *, fi
         a0 = np.zeros(0, dtype=int)
     state = _State(problem, encoding, w0, a0)
     info = {"method": "greedy", "lowered": 0, "raised": 0, "rounding_fixes": 0}
-    knapsack = len(state.budgets) == 1 and state.separable[0] and not space.act_searched and len(state.units) > 0
+    knapsack = len(state.budgets) == 1 and state.separable[0] and not space.act_searched and encoding.n_weight_units > 0
     if method == "knapsack" and not knapsack:
         raise SearcherUnsupportedError("the knapsack projection needs exactly one budget over a cost that adds up "
                                     "per weight unit, and activations not searched; use 'greedy'")
@@ -588,37 +573,27 @@ def _width_at_budget(relaxed, uniform, low, high, torch, iterations=50):
 
 
 class _Layout:
-    """Maps the learned width vectors onto per-layer widths for the quantized forward."""
+    """Maps the learned width vectors onto per-layer widths for the quantized forward
+    (through the encoding's layer slices and groups)."""
 
     def __init__(self, space, encoding: Encoding):
         self.space = space
-        self.encoding = encoding
-        pins = space.pins
-        self.pinned = {name: pin for name, pin in pins.items()}
-        self.unit_of_layer = {}
-        self.kernel_slice = {}
-        for u, unit in enumerate(encoding.units):
-            for i in unit.layers:
-                if unit.kernel is None:
-                    self.unit_of_layer[i] = u
-                elif i not in self.kernel_slice:
-                    self.kernel_slice[i] = u
-        self.group_of = {i: j for j, group in enumerate(encoding.groups) for i in group}
+        self.pinned = space.pins
+        self.slices = encoding.layer_slices
+        self.group_of = {i: int(g) for i, g in enumerate(encoding.layer_group.tolist()) if g >= 0}
         self.fixed_act = None if space.act_bits is None else space.act_bits[0]
 
     def bits(self, bits_w, bits_a):
         wbits, abits = {}, {}
+        kernel = self.space.granularity == "kernel"
         for i, layer in enumerate(self.space.layers):
             if layer.name in self.pinned:
                 pin = self.pinned[layer.name]
                 wbits[layer.name] = pin.weight_bits
                 abits[layer.name] = pin.act_bits
                 continue
-            if self.space.granularity == "kernel":
-                start = self.kernel_slice[i]
-                wbits[layer.name] = bits_w[start:start + layer.kernels]
-            else:
-                wbits[layer.name] = bits_w[self.unit_of_layer[i]]
+            sl = self.slices[i]
+            wbits[layer.name] = bits_w[sl] if kernel else bits_w[sl.start]
             abits[layer.name] = bits_a[self.group_of[i]] if self.space.act_searched else self.fixed_act
         return wbits, abits
 
@@ -633,9 +608,10 @@ class _RelaxedCost:
         self.space = space
         self.budgets = problem.budgets
         self.models = [problem.costs[b.cost] for b in self.budgets]
-        self.tables = [{i: torch.tensor(t, dtype=torch.float64) for i, t in relaxed_cost_tables(m, space).items()}
-                       for m in self.models]
-        self.fixed = [pinned_cost(m, space) for m in self.models]
+        units = unit_tables(problem, encoding)
+        self.tables = [{i: torch.tensor(t, dtype=torch.float64) for i, t in relaxed_cost_tables(units, b).items()}
+                       for b in range(units.n_budgets)]
+        self.fixed = units.pinned.tolist()
         self.limits = [b.limit for b in self.budgets]
         self.layout = _Layout(space, encoding)
         self.weight_choices = space.weight_bits

@@ -36,11 +36,8 @@ def neighbours(encoding: Encoding, weights: np.ndarray, acts: np.ndarray):
     space = encoding.space
     n_w = encoding.n_weight_choices
     if space.granularity == "kernel":
-        by_layer: dict[int, list[int]] = {}
-        for u, unit in enumerate(encoding.units):
-            by_layer.setdefault(unit.layers[0], []).append(u)
-        for units in by_layer.values():
-            index = np.asarray(units)
+        for units in encoding.layer_slices.values():  # a layer's kernels, one step together
+            index = np.arange(units.start, units.stop)
             for step in (1, -1):
                 moved = np.clip(weights[index] + step, 0, n_w - 1)
                 if np.array_equal(moved, weights[index]):

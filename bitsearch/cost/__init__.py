@@ -11,6 +11,7 @@ from ..errors import CostModelError
 from .base import CostModel, effective_act_bits, unit_cost_table
 from .models import BitfusionCost, BopsCost, EnergyCost, SizeCost
 from .tables import LatencyTableCost, TableCost
+from .units import UnitTables, unit_tables
 
 ANALYTIC = {"size": SizeCost, "bops": BopsCost, "energy": EnergyCost, "bitfusion": BitfusionCost}
 COST_NAMES = tuple(ANALYTIC) + ("latency",)
@@ -30,4 +31,4 @@ def make_cost_model(name: str, *, latency_table: str | None = None) -> CostModel
 
 
 __all__ = ["CostModel", "SizeCost", "BopsCost", "EnergyCost", "BitfusionCost", "LatencyTableCost",
-           "TableCost", "make_cost_model", "unit_cost_table", "effective_act_bits", "ANALYTIC", "COST_NAMES"]
+           "TableCost", "make_cost_model", "unit_cost_table", "unit_tables", "UnitTables", "effective_act_bits", "ANALYTIC", "COST_NAMES"]
