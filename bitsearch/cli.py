@@ -16,7 +16,7 @@ import sys
 from importlib import import_module
 
 from . import __version__
-from .errors import UserInputError
+from .errors import UserInputError, escape_line_breaks
 
 # (command, module in bitsearch.commands), in the order of `bitsearch --help`
 COMMANDS: tuple[tuple[str, str], ...] = (
@@ -37,7 +37,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {escape_line_breaks(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,18 @@ class BitsearchError(Exception):
     """Base class of every error raised on purpose by bitsearch."""
 
 
+# every character str.splitlines() breaks a line at, and the other C0 controls, as escapes
+_LINE_BREAKS = {c: f"\\x{c:02x}" for c in range(32) if c != 9}
+_LINE_BREAKS.update({ord("\n"): "\\n", ord("\r"): "\\r", 0x7f: "\\x7f", 0x85: "\\x85",
+                     0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_line_breaks(text: str) -> str:
+    """``text`` with line breaks and control characters written as escapes: a message that
+    quotes a name from a file (``"a\\nb"``) still prints as one line."""
+    return str(text).translate(_LINE_BREAKS)
+
+
 class _Problems:
     """Mixin of errors that list every problem found (``problems``), one clause each, so a
     user fixes them in one go; the message joins them on one line after ``source``."""
@@ -35,7 +47,14 @@ class _Problems:
 
 
 class UserInputError(BitsearchError):
-    """Bad input: a file, a flag, a name or a number the user gave.  Exit code 2."""
+    """Bad input: a file, a flag, a name or a number the user gave.  Exit code 2.
+
+    Its message is always one line (:func:`escape_line_breaks`), whatever the input it quotes."""
+
+    def __init__(self, *args):
+        if args and isinstance(args[0], str):
+            args = (escape_line_breaks(args[0]),) + args[1:]
+        super().__init__(*args)
 
 
 class InputFileError(UserInputError):

@@ -169,15 +169,18 @@ def read_hawq_file(path: str | Path, config_name: str | None = None) -> dict[str
     ``bit_config.py`` (read as literals, never executed).  A file holding several
     configurations needs ``config_name``."""
     path = Path(path)
-    error = _file_error(path)
-    text = read_text_input(path, "import", error=error)
+    return parse_hawq_text(read_text_input(path, "import", error=_file_error(path)), config_name, source=str(path))
+
+
+def parse_hawq_text(text: str, config_name: str | None = None, *, source: str = "bit_config") -> dict[str, int]:
+    """:func:`read_hawq_file` on the text of a file: JSON, else Python literals."""
     try:
-        data = parse_json(text, error)
+        data = parse_json(text, _file_error(source))
     except InteropError:
         if text.lstrip().startswith(("{", "[")) and json_nesting(text) > MAX_NESTING:
             raise
-        data = _python_literal_dict(text, path)
-    return select_hawq_config(data, config_name, source=str(path))
+        data = _python_literal_dict(text, source)
+    return select_hawq_config(data, config_name, source=source)
 
 
 def _python_literal_dict(text: str, path) -> Any:
@@ -207,14 +210,24 @@ def select_hawq_config(data: Any, config_name: str | None = None, *, source: str
                 config_name = next(iter(nested))
             else:
                 raise InteropError(f"{source} holds {len(nested)} configurations; pick one with --config "
-                                   f"(e.g. {', '.join(list(nested)[:4])})")
+                                   f"(e.g. {', '.join(map(repr, list(nested)[:4]))})")
         if config_name not in nested:
-            raise InteropError(f"{source}: no configuration {config_name!r}; it holds {', '.join(list(nested)[:8])}")
+            raise InteropError(f"{source}: no configuration {config_name!r}; it holds "
+                               f"{', '.join(map(repr, list(nested)[:8]))}")
         data = nested[config_name]
-    bad = [k for k, v in data.items() if not (isinstance(v, int) and not isinstance(v, bool))]
+    bad = [k for k, v in data.items() if not _is_width(v)]
     if bad:
-        raise InteropError(f"{source}: widths must be integers; not for {', '.join(map(str, bad[:8]))}")
-    return dict(data)
+        raise InteropError(f"{source}: widths must be integers in {IMPORT_WIDTHS.start}..{IMPORT_WIDTHS.stop - 1}; "
+                           f"not for {', '.join(map(repr, bad[:8]))}")
+    return {str(k): v for k, v in data.items()}
+
+
+#: the widths an imported file may give (another tool's choice: wider than a search space's)
+IMPORT_WIDTHS = range(1, 33)
+
+
+def _is_width(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value in IMPORT_WIDTHS
 
 
 def from_hawq(config: Mapping[str, int], *, naming: str = "torchvision", model: Mapping | None = None) -> Policy:
@@ -397,6 +410,11 @@ def read_nncf_file(path: str | Path) -> dict:
     return load_json_input(path, "import", error=_file_error(path))
 
 
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _file_error(path):
     return lambda message: InteropError(f"{path}: {message}")
 
@@ -415,11 +433,17 @@ def _find_precision(data: Any) -> tuple[list, Mapping]:
     if "bitwidth_per_scope" in data:
         pairs = data["bitwidth_per_scope"]
     else:
-        precision = ((compression.get("initializer") or {}).get("precision") or {}) if isinstance(compression, Mapping) else {}
-        pairs = precision.get("bitwidth_per_scope")
+        pairs = _section(_section(_section(compression, "initializer"), "precision"), "bitwidth_per_scope")
     if not isinstance(pairs, list) or not pairs:
         raise InteropError("no compression.initializer.precision.bitwidth_per_scope list in the NNCF config")
     return pairs, compression if isinstance(compression, Mapping) else {}
+
+
+def _section(mapping: Any, key: str) -> Any:
+    """``mapping[key]`` where ``mapping`` is a mapping holding it (a missing or misshapen
+    section reads as empty, so the caller's message says what is missing)."""
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
+    return {} if value is None else value
 
 
 def from_nncf(data: Any, *, default_act_bits: int | None = 8, model: Mapping | None = None,
@@ -433,9 +457,10 @@ def from_nncf(data: Any, *, default_act_bits: int | None = 8, model: Mapping | N
     pairs, compression = _find_precision(data)
     weights, inputs, model_input, unmapped = {}, {}, None, []
     for number, pair in enumerate(pairs, start=1):
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], int)
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not _is_width(pair[0])
                 or not isinstance(pair[1], str)):
-            raise InteropError(f"bitwidth_per_scope entry {number}: expected [bits, \"scope\"], got {pair!r}")
+            raise InteropError(f"bitwidth_per_scope entry {number}: expected [bits, \"scope\"] with bits in "
+                               f"{IMPORT_WIDTHS.start}..{IMPORT_WIDTHS.stop - 1}, got {_short(pair)}")
         bits, scope = pair
         path, kind = parse_nncf_scope(scope)
         if kind == "weight":
@@ -455,7 +480,11 @@ def from_nncf(data: Any, *, default_act_bits: int | None = 8, model: Mapping | N
         raise _unmapped("input scopes", orphans, "they name layers without a weight scope")
     if not weights:
         raise InteropError("the NNCF config names no weight quantizer (scopes ending in |WEIGHT)")
-    global_act = (compression.get("activations") or {}).get("bits") if isinstance(compression, Mapping) else None
+    global_act = _section(_section(compression, "activations"), "bits")
+    global_act = None if global_act == {} else global_act
+    if global_act is not None and not _is_width(global_act):
+        raise InteropError(f"compression.activations.bits must be an integer in {IMPORT_WIDTHS.start}.."
+                           f"{IMPORT_WIDTHS.stop - 1}, not {_short(global_act)}")
     names = list(weights)
     if layer_order:
         rank = {n: i for i, n in enumerate(layer_order)}
