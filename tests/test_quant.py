@@ -254,6 +254,22 @@ def test_layers_left_out_stay_float_and_float_widths_are_identity():
         assert torch.equal(qmodel(X), model(X))
 
 
+def test_float_weights_then_quantized_on_the_same_copy():
+    # a float-weight layer's cached weight must not become a registered parameter: setting
+    # the layer to integer widths afterwards failed with a TypeError
+    model = _net()
+    qmodel = apply_policy(model, {n: (32, 8) for n in ("conv", "dw", "fc")}, calibration=X)
+    names = [n for n, _ in qmodel.named_parameters()]
+    with torch.no_grad():
+        qmodel(X)
+    assert [n for n, _ in qmodel.named_parameters()] == names
+    set_policy(qmodel, {n: (4, 8) for n in ("conv", "dw", "fc")})
+    calibrate(qmodel, X)
+    fresh = apply_policy(model, {n: (4, 8) for n in ("conv", "dw", "fc")}, calibration=X)
+    with torch.no_grad():
+        assert torch.equal(qmodel(X), fresh(X))
+
+
 def test_uncalibrated_activations_raise_a_clear_error():
     qmodel = apply_policy(_net(), POLICY)
     with pytest.raises(QuantizationError, match="never calibrated"):

@@ -142,7 +142,8 @@ class QuantMixin:
         key = (weight._version, weight.data_ptr(), weight.dtype, bits._version, bits.data_ptr(), act_scale)
         if key != self._weight_key or self._weight_cache is None:
             with torch.no_grad():
-                w = weight if self.weight_is_float else fake_quantize_weight(weight, bits)
+                # detached: a bare Parameter assigned to an attribute would be registered as one
+                w = weight.detach() if self.weight_is_float else fake_quantize_weight(weight, bits)
                 if act_scale is not None:
                     w = w * torch.tensor(act_scale, dtype=w.dtype, device=w.device)
             self._weight_cache, self._weight_key = w, key
