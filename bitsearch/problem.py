@@ -276,7 +276,7 @@ class Problem:
                                      f"of them")
             metrics.update(scored)
         if self.sensitivity is not None:
-            metrics["sensitivity"] = self.sensitivity.loss(self.space, policy)
+            metrics["sensitivity"] = self.sensitivity.predicted_loss(self.space, policy)
         return metrics
 
     def score(self, metrics: Mapping[str, float]) -> float:

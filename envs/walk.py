@@ -589,7 +589,7 @@ class QuantWalk:
 
     def _score_uncached(self, policy: Policy) -> dict[str, float]:
         if self.objective == "sensitivity":
-            return {"sensitivity": self.problem.sensitivity.loss(self.space, policy)}
+            return {"sensitivity": self.problem.sensitivity.predicted_loss(self.space, policy)}
         return dict(self.problem.evaluate(policy))
 
     @property

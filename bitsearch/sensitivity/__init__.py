@@ -8,7 +8,10 @@ is called.  Methods (see :mod:`bitsearch.sensitivity.estimators`):
 * ``bitgrad``: BMPQ's bit-gradient, the derivative of the loss with respect to a relaxed
   bit width, integrated from ``b`` to the widest width;
 * ``empirical``: the measured loss increase with one layer (per kernel: one group of
-  kernels) quantized alone.
+  kernels) quantized alone;
+* ``pairwise``: the measured single-layer losses plus cross-layer interaction terms of
+  pairs of layers quantized together (CLADO), from batched forward passes (see
+  :mod:`bitsearch.sensitivity.interactions`); the ``iqp`` searcher minimises both.
 
 Results are cached on disk, under ``$BITSEARCH_CACHE/sensitivity`` (default
 ``~/.cache/bitsearch``), keyed by the model's trained weights, the space (layers,
@@ -22,7 +25,7 @@ import json
 
 from .table import SensitivityTable
 
-METHODS = ("hessian", "bitgrad", "empirical")
+METHODS = ("hessian", "bitgrad", "empirical", "pairwise")
 CACHE_FORMAT = 1
 
 __all__ = ["SensitivityTable", "estimate", "METHODS", "cache_path"]

@@ -61,11 +61,13 @@ from .table import SensitivityTable
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 
-METHODS = ("hessian", "bitgrad", "empirical")
+METHODS = ("hessian", "bitgrad", "empirical", "pairwise")
 DEFAULTS = {
     "hessian": {"samples": 512, "probes": 64, "batch_size": 256},
     "bitgrad": {"samples": 512, "batch_size": 256},
     "empirical": {"samples": 512, "batch_size": 512, "groups": 8},
+    # the separable part plus cross-layer terms (see bitsearch.sensitivity.interactions)
+    "pairwise": {"samples": 512, "batch_size": 512, "pairs": "auto", "max_pairs": 400, "top_k": 8, "groups": 8},
 }
 
 
@@ -399,6 +401,17 @@ def compute(source, space: SearchSpace, method: str, *, samples: int, seed: int,
         batches = source.sensitivity_batches(int(samples), batch_size, int(seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
+            if method == "pairwise":
+                from dataclasses import replace
+
+                from .interactions import pairwise_table
+
+                table = pairwise_table(source, space, samples=int(samples), seed=int(seed),
+                                       settings={**DEFAULTS["pairwise"], **settings})
+                if space.act_searched:
+                    table = replace(table, act_bits=space.act_bits,
+                                    act=activation_table(model, space, batches, source.calibration, loss))
+                return table
             if method == "hessian":
                 weight = hessian_table(model, space, batches, seed=seed, loss=loss,
                                        probes=int(settings.get("probes", DEFAULTS["hessian"]["probes"])))

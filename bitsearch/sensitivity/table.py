@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..policy import Policy
 from ..space import Layer, SearchSpace
+from .pairwise import PairwiseTable
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class SensitivityTable:
     estimate, K = kernels for a per-kernel one.  Entry ``[k, j]`` is the estimated loss
     increase when kernel k (or the whole layer) is quantized at ``weight_bits[j]``.
     ``act[layer]`` (optional) has shape ``(len(act_bits),)``.
+    ``pairwise`` (optional): cross-layer interaction terms
+    (:class:`~bitsearch.sensitivity.pairwise.PairwiseTable`); :meth:`loss` stays the
+    separable sum, :meth:`predicted_loss` adds the interactions.
     """
 
     weight_bits: tuple[int, ...]
@@ -27,6 +31,7 @@ class SensitivityTable:
     act_bits: tuple[int, ...] = ()
     act: Mapping[str, np.ndarray] = field(default_factory=dict)
     method: str = ""
+    pairwise: "PairwiseTable | None" = None
 
     def __post_init__(self):
         object.__setattr__(self, "weight_bits", tuple(int(b) for b in self.weight_bits))
@@ -61,6 +66,8 @@ class SensitivityTable:
                 problems.append("activations are searched but the table has no activation estimates")
         if problems:
             raise UserInputError("sensitivity table does not cover the space: " + "; ".join(problems))
+        if self.pairwise is not None:
+            self.pairwise.check_covers(space)
 
     def unit_table(self, space: SearchSpace, layer: Layer) -> np.ndarray:
         """Rows for the decision units of ``layer`` over ``space.weight_bits``.
@@ -100,17 +107,28 @@ class SensitivityTable:
                 terms.append(float(self.act[layer.name][self.act_bits.index(bits.act_bits)]))
         return math.fsum(terms)
 
+    def predicted_loss(self, space: SearchSpace, policy: Policy) -> float:
+        """The separable sum plus the pairwise interactions (when the table has them)."""
+        total = self.loss(space, policy)
+        if self.pairwise is not None:
+            total += self.pairwise.interaction(space, policy)
+        return total
+
     # --- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"schema": "bitsearch-sensitivity", "schema_version": 1, "method": self.method,
-                "weight_bits": list(self.weight_bits), "act_bits": list(self.act_bits),
-                "weight": {n: v.tolist() for n, v in self.weight.items()},
-                "act": {n: v.tolist() for n, v in self.act.items()}}
+        out = {"schema": "bitsearch-sensitivity", "schema_version": 1, "method": self.method,
+               "weight_bits": list(self.weight_bits), "act_bits": list(self.act_bits),
+               "weight": {n: v.tolist() for n, v in self.weight.items()},
+               "act": {n: v.tolist() for n, v in self.act.items()}}
+        if self.pairwise is not None:
+            out["pairwise"] = self.pairwise.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "SensitivityTable":
+        pairwise = PairwiseTable.from_dict(data["pairwise"]) if data.get("pairwise") else None
         return cls(tuple(data["weight_bits"]), data["weight"], tuple(data.get("act_bits", ())),
-                   data.get("act", {}), data.get("method", ""))
+                   data.get("act", {}), data.get("method", ""), pairwise)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
