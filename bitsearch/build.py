@@ -42,7 +42,7 @@ class ProblemOptions:
     finetune_epochs: int = 0
     width_mult: float = 1.0
     latency_table: str | None = None
-    sensitivity: str | None = None  # estimate a table with this method (hessian, bitgrad, empirical)
+    sensitivity: str | None = None  # estimate a table with this method (hessian, bitgrad, empirical, pairwise)
     evaluator: bool = True  # score with the task's evaluator when the task has data
     sensitivity_settings: dict = field(default_factory=dict)
 
@@ -253,3 +253,11 @@ def problem_for(source, space_options: SpaceOptions = SpaceOptions(), options: P
 
 def needs_sensitivity(searcher_cls) -> bool:
     return getattr(searcher_cls, "needs", "any") == "sensitivity"
+
+
+def default_sensitivity(searcher_cls) -> str | None:
+    """The sensitivity method estimated for a searcher that needs a table when none is
+    named: its own ``sensitivity_method`` (``iqp``: ``pairwise``), else ``hessian``."""
+    if not needs_sensitivity(searcher_cls):
+        return None
+    return getattr(searcher_cls, "sensitivity_method", None) or "hessian"

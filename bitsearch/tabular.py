@@ -21,7 +21,12 @@ A ``bitsearch-problem`` file holds what the ``ilp`` searcher needs without a mod
   are available too;
 * a sensitivity is a number per width, or a list with one number per kernel;
   ``act_bits`` (optional: null, one width, or several to search them, which then needs
-  ``act_sensitivity``), ``pinned``, ``model`` (name and fingerprint) are optional.
+  ``act_sensitivity``), ``pinned``, ``model`` (name and fingerprint) are optional;
+* ``pairwise`` (optional, what the ``iqp`` searcher adds to the sum): cross-layer terms
+  ``{"pairs": [{"layers": ["fc1", "fc2"], "terms": {"2": {"2": 0.07, "3": -0.21, ...},
+  ...}}], "reference": null}`` -- ``terms[p][q]`` is the loss of the two layers at ``p`` and
+  ``q`` bits together less each alone (plus the reference's), for every pair of widths;
+  with it the separable values may be negative (measured loss changes).
 
 The JSON Schema is ``bitsearch/schemas/problem.schema.json``.  :func:`load_problem` reads
 a file into a :class:`~bitsearch.problem.Problem`; :func:`write_problem` writes one from
@@ -43,6 +48,7 @@ from .budget import parse_budget
 from .cost import ANALYTIC, LatencyTableCost, TableCost
 from .errors import ProblemFileError, UserInputError
 from .problem import Problem
+from .sensitivity.pairwise import PairwiseTable
 from .sensitivity.table import SensitivityTable
 from .space import Layer, Pin, SearchSpace, layers_fingerprint
 
@@ -82,6 +88,8 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
     cost_units = dict(data.get("cost_units", {}))
     per_kernel = {"latency": "max"}
     per_kernel.update(data.get("cost_per_kernel", {}))
+    # beside pairwise terms the separable values are measured loss changes, which may be < 0
+    measured = data.get("pairwise") is not None
 
     layers, weight, act, cost_values = [], {}, {}, {}
     names = [entry["name"] for entry in data["layers"]]
@@ -99,7 +107,8 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
         kernels = entry.get("kernels")
         found = len(problems)
         if sens is not None:
-            problems += _width_table_problems(where, "sensitivity", sens, weight_bits, "weight_bits")
+            problems += _width_table_problems(where, "sensitivity", sens, weight_bits, "weight_bits",
+                                              negative_ok=measured)
         if entry.get("act_sensitivity") is not None:
             problems += _width_table_problems(where, "act_sensitivity", entry["act_sensitivity"], act_bits or (),
                                               "act_bits")
@@ -172,6 +181,9 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
     for cost in cost_units:
         if cost not in cost_names and cost != "size":
             problems.append(f"cost_units names {cost!r}, which no layer's 'costs' gives")
+    pairwise = None
+    if data.get("pairwise") is not None:
+        pairwise = _read_pairwise(data["pairwise"], names, weight_bits, problems)
     if problems:
         raise ProblemFileError(schemas.join(source, problems))
 
@@ -185,7 +197,7 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
     except UserInputError as exc:
         raise ProblemFileError(f"{source}: {exc}") from None
     table = SensitivityTable(weight_bits, weight, act_bits if act_searched else (), act,
-                             method=data.get("sensitivity_method", "table"))
+                             method=data.get("sensitivity_method", "table"), pairwise=pairwise)
 
     tables = {}
     for cost, values in cost_values.items():
@@ -210,10 +222,61 @@ def problem_from_dict(data: Any, budgets: Iterable[str] = (), *, granularity: st
     return problem
 
 
-def _width_table_problems(where: str, what: str, table: Mapping, allowed, allowed_name: str) -> list[str]:
+def _read_pairwise(block: Mapping, names: list, weight_bits, problems: list):
+    """The ``pairwise`` block as a :class:`PairwiseTable`; what is wrong goes to ``problems``."""
+    known = set(names)
+    order = {name: k for k, name in enumerate(names)}
+    terms, selected, seen = {}, {}, set()
+    widths = [str(b) for b in weight_bits]
+    for k, entry in enumerate(block.get("pairs", [])):
+        a, b = entry["layers"]
+        where = f"pairwise.pairs[{k}] ({a}, {b})"
+        unknown = [n for n in (a, b) if n not in known]
+        if unknown:
+            problems.append(f"{where}: unknown layers {unknown}")
+            continue
+        if a == b:
+            problems.append(f"{where}: pairs a layer with itself")
+            continue
+        key = tuple(sorted((a, b), key=order.get))
+        if key in seen:
+            problems.append(f"{where}: the pair appears twice")
+            continue
+        seen.add(key)
+        rows = entry["terms"]
+        missing = [(p, q) for p in widths for q in widths if p not in rows or q not in rows[p]]
+        extra = sorted({p for p in rows if p not in widths} | {q for p in rows for q in rows[p] if q not in widths})
+        if missing or extra:
+            problems.append(f"{where}: terms must give every pair of weight_bits {list(weight_bits)}"
+                            + (f" (missing {missing[:3]})" if missing else f" (unknown widths {extra})"))
+            continue
+        matrix = np.array([[rows[p][q] for q in widths] for p in widths], dtype=float)
+        if not np.all(np.isfinite(matrix)):
+            problems.append(f"{where}: terms must be finite numbers")
+            continue
+        if key != (a, b):
+            matrix = matrix.T
+        terms[key] = matrix
+        if "selected" in entry:
+            selected[key] = entry["selected"]
+    reference = block.get("reference")
+    if reference is not None:
+        unknown = [n for n in reference if n not in known]
+        if unknown:
+            problems.append(f"pairwise.reference: unknown layers {unknown}")
+    try:
+        return PairwiseTable(weight_bits, terms, reference, selected, block.get("info", {}))
+    except UserInputError as exc:
+        problems.append(f"pairwise: {exc}")
+        return None
+
+
+def _width_table_problems(where: str, what: str, table: Mapping, allowed, allowed_name: str, *,
+                          negative_ok: bool = False) -> list[str]:
     """What is wrong with a width -> value table (values: numbers, or per-kernel lists of
     numbers): widths that are not among ``allowed``, or not written as plain integers,
-    and values that are not finite or are negative; at most one problem of each kind."""
+    and values that are not finite or are negative (unless ``negative_ok``: measured loss
+    changes beside pairwise terms may be); at most one problem of each kind."""
     out = []
     allowed = set(allowed)
     plain = all(k.isascii() and k.isdigit() for k in table)
@@ -237,7 +300,7 @@ def _width_table_problems(where: str, what: str, table: Mapping, allowed, allowe
             negative.append(key)
     if bad:
         out.append(f"{where}: {what} at width {bad[0]} is not a finite number (nan, inf or too large)")
-    if negative:
+    if negative and not negative_ok:
         out.append(f"{where}: {what} is negative at width {negative[0]} (sensitivities and costs are >= 0)")
     return out
 
@@ -329,7 +392,33 @@ def problem_to_dict(problem: Problem) -> dict:
         out["tied"] = [list(g) for g in space.tied]
     if space.pinned:
         out["pinned"] = {n: {"weight_bits": p.weight_bits, "act_bits": p.act_bits} for n, p in space.pinned}
+    if table.pairwise is not None:
+        out["pairwise"] = _pairwise_block(table.pairwise, space)
     return out
+
+
+def _pairwise_block(pairwise: PairwiseTable, space) -> dict:
+    columns = {b: pairwise.weight_bits.index(b) for b in space.weight_bits}
+    pairs = []
+    for (a, b), matrix in pairwise.terms.items():
+        entry: dict[str, Any] = {"layers": [a, b], "terms": {
+            str(p): {str(q): float(matrix[columns[p], columns[q]]) for q in space.weight_bits}
+            for p in space.weight_bits}}
+        if (a, b) in pairwise.selected:
+            entry["selected"] = pairwise.selected[(a, b)]
+        pairs.append(entry)
+    block: dict[str, Any] = {"reference": None if pairwise.reference is None else dict(pairwise.reference),
+                             "pairs": pairs}
+    if pairwise.info:
+        block["info"] = json_safe(pairwise.info)
+    return block
+
+
+def json_safe(value):
+    """``value`` with numpy scalars turned into plain numbers (for the problem file)."""
+    import json
+
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
 def write_problem(problem: Problem, path: str | os.PathLike, *, parents: bool = True) -> None:

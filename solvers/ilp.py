@@ -233,9 +233,11 @@ def _affine(pulp, terms):
     return expr
 
 
-def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | None = None):
+def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | None = None, extend=None):
     """The program in PuLP.  ``objective_blocks``: replace the sensitivity objective (used to
-    find the cheapest cost under the other budgets); ``skip_budget``: leave that budget's row out."""
+    find the cheapest cost under the other budgets); ``skip_budget``: leave that budget's row out.
+    ``extend(pulp, prob, x, binary, continuous) -> (blocks, rows)``: add variables and rows
+    (the ``iqp`` searcher's linearised products) and objective blocks beside the sensitivity's."""
     import pulp
 
     space = form.space
@@ -344,6 +346,10 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
             blocks += [_Block(y[g], form.act_values[g], 1.0) for g in range(len(form.groups))]
     else:
         blocks = objective_blocks(x, y, layer_blocks, z_vars, m_vars)
+    if extend is not None:
+        extra, rows = extend(pulp, prob, x, binary, continuous)
+        blocks = list(blocks) + list(extra)
+        count += rows
     expr, offset, obj_scale = _shifted_expression(pulp, blocks)
     obj_scale = obj_scale if obj_scale > 0 else 1.0
     prob += _affine_scaled(pulp, expr, 1.0 / obj_scale)
@@ -634,9 +640,12 @@ def _verified(form, first_choice, resolve, first_acts=None):
                        "limits did not repair it; please report this problem")
 
 
-def _run_mip(form, solver_name, time_limit, mip_gap, threads, verbose, info, started):
+def _run_mip(form, solver_name, time_limit, mip_gap, threads, verbose, info, started, *, extend=None,
+             objective_of=None):
+    """Solve the MIP (``extend``: see :func:`build_mip`; ``objective_of(policy)``: the
+    objective the program minimises, default the separable sensitivity)."""
     t0 = time.perf_counter()
-    mip = build_mip(form)
+    mip = build_mip(form, extend=extend)
     info["model_seconds"] = round(time.perf_counter() - t0, 4)
     solver = _make_solver(solver_name, time_limit=time_limit, mip_gap=mip_gap, threads=threads, verbose=verbose)
     outcome = _solve_mip(mip, solver, solver_name)
@@ -662,7 +671,7 @@ def _run_mip(form, solver_name, time_limit, mip_gap, threads, verbose, info, sta
         return again.unit_choice, again.group_act
 
     policy, extra = _verified(form, outcome.unit_choice, resolve, outcome.group_act)
-    objective = form.problem.sensitivity.loss(form.space, policy)
+    objective = (objective_of or (lambda p: form.problem.sensitivity.loss(form.space, p)))(policy)
     bound = outcome.bound
     if bound is None and outcome.status == "optimal":
         bound = objective if mip_gap == 0 else objective - mip_gap * abs(objective)

@@ -39,6 +39,20 @@ def _semicircles(budgets, granularity):
                             ProblemOptions(budgets=tuple(budgets)))
 
 
+def _pairwise(budgets, granularity):
+    from helpers import pairwise_problem
+
+    return pairwise_problem(budgets, granularity)
+
+
+def _steps_pairwise(budgets, granularity):
+    from task_problems import steps_problem
+
+    problem = steps_problem(budgets, granularity)
+    problem.ensure_sensitivity("pairwise", samples=128)
+    return problem
+
+
 def _space_at_width(result, problem):
     mult = result.policy.meta["model"].get("width_mult", 1.0)
     return problem.space if mult == 1.0 else problem.at_width(mult).space
@@ -61,6 +75,8 @@ CASES: dict[str, tuple[Row, ...]] = {
     "uniform": (Row("Uniform"),),
     "random": (Row("Random", {"samples": 6}),),
     "exhaustive": (Row("Exhaustive", granularities=("layer",)),),
+    "iqp": (Row("IQP", make_problem=_pairwise), Row("IQPTrustRegion", {"rounds": 3}, make_problem=_steps_pairwise,
+                                                     fixtures=("one_thread",))),
     "ilp": (Row("ILP"), Row("ILPMip", {"method": "mip"}),
             Row("ILPCbc", {"method": "mip", "solver": "cbc"}, ("layer",))),
     "fracbits": (Row("FracBits", {"epochs": 1, "train_samples": 256}, make_problem=_digits),),

@@ -376,7 +376,8 @@ def _resolve_searchers(suite: Suite) -> Suite:
         det = entry.deterministic
         if det is None:
             det = bool(getattr(cls, "deterministic", False))
-        entries.append(replace(entry, deterministic=det, needs_table=needs_sensitivity(cls)))
+        own = entry.sensitivity or getattr(cls, "sensitivity_method", None)  # iqp: its pairwise table
+        entries.append(replace(entry, deterministic=det, needs_table=needs_sensitivity(cls), sensitivity=own))
     return replace(suite, searchers=tuple(entries))
 
 

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--write-problem", metavar="FILE", help="also write a tabular problem file (needs --sensitivity)")
     p.add_argument("--sensitivity", metavar="METHOD", help="sensitivity estimate for --write-problem "
-                                                           "(hessian, bitgrad, empirical)")
+                                                           "(hessian, bitgrad, empirical, pairwise)")
     p.set_defaults(func=cmd_inspect)
 
 

@@ -50,7 +50,8 @@ def register(subparsers) -> None:
                         "post-training quantization with calibration)")
     g.add_argument("--latency-table", metavar="FILE", help="measured latency table (CSV or JSON) for latency=")
     g.add_argument("--sensitivity", metavar="METHOD",
-                   help="sensitivity estimate for searchers that use one: hessian (default), bitgrad, empirical")
+                   help="sensitivity estimate for searchers that use one: hessian (the default; iqp's is "
+                        "pairwise), bitgrad, empirical, pairwise")
     g.add_argument("--threads", type=threads_arg, default=None, metavar="N",
                    help="torch CPU threads for training and scoring, at most the machine's cores (default: "
                         "torch's choice; 1 is often fastest for the small built-in tasks on a busy machine)")
@@ -113,7 +114,7 @@ def cmd_search(args) -> int:
 
 
 def _build_problem(args, searcher_cls):
-    from ..build import ProblemOptions, needs_sensitivity, problem_for_task
+    from ..build import ProblemOptions, default_sensitivity, problem_for_task
 
     if args.problem:
         if args.task:
@@ -123,9 +124,7 @@ def _build_problem(args, searcher_cls):
         return load_problem(args.problem, args.budget, granularity=args.granularity)
     if not args.task:
         raise UserInputError("give --task NAME (see 'bitsearch tasks') or --problem FILE")
-    sensitivity = args.sensitivity
-    if sensitivity is None and needs_sensitivity(searcher_cls):
-        sensitivity = "hessian"
+    sensitivity = args.sensitivity or default_sensitivity(searcher_cls)
     options = ProblemOptions(budgets=tuple(args.budget), finetune_epochs=args.finetune_epochs,
                              width_mult=args.width_mult, latency_table=args.latency_table,
                              sensitivity=sensitivity)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from itertools import combinations
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -79,6 +79,8 @@ def choose_pairs(units, singles: np.ndarray, *, pairs="auto", max_pairs: int = 4
     ``max_pairs``, else the budget), ``all``, or an explicit list of (unit, unit) pairs.
     """
     n = len(units)
+    if isinstance(pairs, str) and pairs not in ("auto", "all"):
+        raise UserInputError(f"pairs must be 'auto', 'all' or a list of (unit, unit) index pairs (got {pairs!r})")
     every = list(combinations(range(n), 2))
     if pairs == "all" or (pairs == "auto" and len(every) <= max_pairs):
         return {p: "all" for p in every}
@@ -108,24 +110,29 @@ def choose_pairs(units, singles: np.ndarray, *, pairs="auto", max_pairs: int = 4
     return chosen
 
 
-def measure_terms(probe, space, units, chosen: Mapping[tuple[int, int], str],
-                  bits: Sequence[int] | None = None):
-    """``(base, singles, terms)`` relative to the probe's reference: ``singles[u]`` over
-    ``bits`` (default the space's weight widths), ``terms[(u, v)]`` a (widths, widths)
-    matrix for each chosen pair.  All forward passes go through ``probe`` (batched)."""
-    bits = list(space.weight_bits if bits is None else bits)
-    base = probe.loss({})
+def measure_terms(probe, space, units, chosen: Mapping[tuple[int, int], str], *, measured=None, progress=None):
+    """``(base, singles, terms)`` relative to the probe's reference: ``singles[u]`` over the
+    space's weight widths, ``terms[(u, v)]`` a (widths, widths) matrix for each chosen pair.
+    ``measured``: ``(base, singles)`` already measured.  All forward passes go through
+    ``probe`` (batched)."""
+    bits = list(space.weight_bits)
 
     def config(unit, width):
         return {name: width for name in units[unit]}
 
-    single_configs = [config(u, b) for u in range(len(units)) for b in bits]
-    singles = probe.losses(single_configs).reshape(len(units), len(bits)) - base
+    if measured is None:
+        base = probe.loss({})
+        single_configs = [config(u, b) for u in range(len(units)) for b in bits]
+        singles = probe.losses(single_configs).reshape(len(units), len(bits)) - base
+    else:
+        base, singles = measured
     terms = {}
-    for (u, v) in chosen:
+    for k, (u, v) in enumerate(chosen):
         configs = [{**config(u, p), **config(v, q)} for p in bits for q in bits]
         joint = probe.losses(configs).reshape(len(bits), len(bits)) - base
         terms[(u, v)] = joint - singles[u][:, None] - singles[v][None, :]
+        if progress is not None:
+            progress(k + 1, len(chosen))
     return base, singles, terms
 
 
@@ -145,26 +152,21 @@ def pairwise_table(evaluator, space, *, samples: int, seed: int, settings: Mappi
     probe = LossProbe(evaluator, space, samples=samples, batch_size=int(settings["batch_size"]), seed=seed)
     units = units_of(space)
     bits = list(space.weight_bits)
-    base = probe.loss({})
-    singles = probe.losses([{n: b for n in unit} for unit in units for b in bits]).reshape(len(units), len(bits)) - base
+    base, singles, _ = measure_terms(probe, space, units, {})
     shared = set()
     n_pairs = len(units) * (len(units) - 1) // 2
     if settings["pairs"] == "auto" and n_pairs > int(settings["max_pairs"]):
         shared = shared_input_pairs(evaluator, space, units)
     chosen = choose_pairs(units, singles, pairs=settings["pairs"], max_pairs=int(settings["max_pairs"]),
                           top_k=int(settings["top_k"]), shared=shared)
-    terms = {}
-    for k, (u, v) in enumerate(chosen):
-        configs = [{**{n: p for n in units[u]}, **{n: q for n in units[v]}} for p in bits for q in bits]
-        joint = probe.losses(configs).reshape(len(bits), len(bits)) - base
-        terms[(units[u][0], units[v][0])] = joint - singles[u][:, None] - singles[v][None, :]
-        if progress is not None:
-            progress(k + 1, len(chosen))
+    _, _, measured = measure_terms(probe, space, units, chosen, measured=(base, singles), progress=progress)
+    terms = {(units[u][0], units[v][0]): m for (u, v), m in measured.items()}
     selected = {(units[u][0], units[v][0]): why for (u, v), why in chosen.items()}
     info = {"reference": "float weights", "measure": "mean training loss (evaluator.loss)",
             "activations": "float" if probe.act_bits is None else f"{probe.act_bits} bits",
             "units": len(units), "pairs_measured": len(chosen), "pairs_possible": n_pairs,
-            "base_loss": base, **probe.summary(), "seconds": round(time.perf_counter() - started, 3)}
+            "base_loss": base, "samples_asked": int(samples), "batch_size": int(settings["batch_size"]),
+            "seed": int(seed), **probe.summary(), "seconds": round(time.perf_counter() - started, 3)}
     pairwise = PairwiseTable(space.weight_bits, terms, None, selected, info)
     if space.granularity == "layer":
         weight = {}
