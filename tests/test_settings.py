@@ -110,6 +110,24 @@ def test_defaults_are_not_shared_between_instances():
     assert a.weights == {} and a.weights is not b.weights
 
 
+def test_checks_across_fields_run_once_the_fields_are_valid():
+    @dataclass(frozen=True, kw_only=True)
+    class Window(SearcherSettings):
+        low: int = setting(1, ge=0, help="first")
+        high: int = setting(4, ge=0, help="last")
+
+        def check(self):
+            if self.low > self.high:
+                yield f"low ({self.low}) must not exceed high ({self.high})"
+
+    assert Window(low=2, high=2).low == 2
+    with pytest.raises(SearcherSettingsError, match=r"Window: low \(5\) must not exceed high \(4\)"):
+        Window(low=5)
+    with pytest.raises(SearcherSettingsError, match="low must be an integer >= 0") as info:
+        Window(low=-1, high=-2)
+    assert len(info.value.problems) == 2  # the field checks; the cross check waits for valid fields
+
+
 def test_a_field_without_setting_is_a_declaration_error():
     @dataclass(frozen=True, kw_only=True)
     class Bad(SearcherSettings):
