@@ -509,22 +509,88 @@ def dumps(data: Any) -> str:
     return _dump(data, 0) + "\n"
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str (C)
+
+
+def _scalars(values) -> bool:
+    """Whether every item is a plain JSON scalar (exact types: a C-speed pass)."""
+    return set(map(type, values)) <= _SCALARS
+
+
+_STR_ONLY = {str}
+
+
+def _flat(mapping: dict) -> bool:
+    """A dict with str keys whose values are scalars or lists of scalars: ``json.dumps``
+    writes it exactly as :func:`_dump` would (one line, the same separators)."""
+    if set(map(type, mapping)) != _STR_ONLY:
+        return not mapping
+    kinds = set(map(type, mapping.values()))
+    if kinds <= _SCALARS:
+        return True
+    for v in mapping.values():
+        kind = v.__class__
+        if kind in _SCALARS or ((kind is list or kind is tuple) and _scalars(v)):
+            continue
+        return False
+    return True
+
+
+def _scalar(value) -> str:
+    """``json.dumps(value)`` for a str, an int or a float (the same text, without its overhead)."""
+    kind = value.__class__
+    if kind is str:
+        return _encode_str(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and value == value and value not in (_INF, -_INF):
+        return float.__repr__(value)
+    return json.dumps(value)
+
+
+_INF = float("inf")
+
+
+def _is_mapping(value) -> bool:
+    kind = value.__class__
+    if kind is dict:
+        return True
+    if kind in _SCALARS or kind is list or kind is tuple:
+        return False
+    return isinstance(value, Mapping)
+
+
+def _inline(value) -> bool:
+    """A value written on its parent's line: not a mapping, nor a list holding containers."""
+    kind = value.__class__
+    if kind in _SCALARS:
+        return True
+    if kind is list or kind is tuple:
+        return _scalars(value) or not any(_is_mapping(x) or isinstance(x, (list, tuple)) for x in value)
+    return not _is_mapping(value)
+
+
 def _dump(value: Any, depth: int) -> str:
     pad, inner = "  " * depth, "  " * (depth + 1)
-    if isinstance(value, Mapping):
+    if _is_mapping(value):
         if not value:
             return "{}"
-        if depth >= 2 and all(not isinstance(v, Mapping) and not (
-                isinstance(v, (list, tuple)) and any(isinstance(x, (Mapping, list, tuple)) for x in v))
-                for v in value.values()):
-            return "{" + ", ".join(f"{json.dumps(str(k))}: {_dump(v, depth + 1)}" for k, v in value.items()) + "}"
-        items = [f"{inner}{json.dumps(str(k))}: {_dump(v, depth + 1)}" for k, v in value.items()]
+        if depth >= 2:
+            if value.__class__ is dict and _flat(value):  # the common case, in C
+                return json.dumps(value)
+            if all(_inline(v) for v in value.values()):
+                return "{" + ", ".join(f"{_scalar(str(k))}: {_dump(v, depth + 1)}" for k, v in value.items()) + "}"
+        items = [f"{inner}{_scalar(str(k))}: {_dump(v, depth + 1)}" for k, v in value.items()]
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(value, (list, tuple)):
-        if all(not isinstance(v, (Mapping, list, tuple)) for v in value):
+    kind = value.__class__
+    if kind is list or kind is tuple or isinstance(value, (list, tuple)):
+        if _scalars(value) or not any(_is_mapping(v) or isinstance(v, (list, tuple)) for v in value):
             return json.dumps(list(value))
         items = [f"{inner}{_dump(v, depth + 1)}" for v in value]
         return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    if kind in _SCALARS:
+        return _scalar(value)
     return json.dumps(value)
 
 

@@ -19,6 +19,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import BudgetParseError, InfeasibleBudgetError
 from .policy import LayerBits, Policy
 from .space import FLOAT_BITS, SearchSpace
@@ -135,14 +137,22 @@ def _finite(number: str, text: str) -> float:
     return value
 
 
+def uniform_cost(space: SearchSpace, model, weight_bits: int, act_bits: int | None) -> float:
+    """``model.cost(space, Policy.uniform(space, weight_bits, act_bits))``, on arrays."""
+    from .cost.base import uniform_columns
+
+    columns = space.cached(("uniform_columns", int(weight_bits), act_bits),
+                           lambda: uniform_columns(space, weight_bits, act_bits))
+    return model.columns_cost(space, columns)
+
+
 def reference_cost(space: SearchSpace, model, width: float) -> float:
     """Cost of the uniform policy at ``width`` bits, interpolated between integer widths."""
     lo, hi = math.floor(width), math.ceil(width)
-    act = _reference_act(space, lo)
-    c_lo = model.cost(space, Policy.uniform(space, lo, act))
+    c_lo = uniform_cost(space, model, lo, _reference_act(space, lo))
     if hi == lo:
         return c_lo
-    c_hi = model.cost(space, Policy.uniform(space, hi, _reference_act(space, hi)))
+    c_hi = uniform_cost(space, model, hi, _reference_act(space, hi))
     return c_lo + (width - lo) * (c_hi - c_lo)
 
 
@@ -167,8 +177,16 @@ def dearest_policy(space: SearchSpace) -> Policy:
 
 def float_cost(space: SearchSpace, model) -> float:
     """Cost of the float model: every layer, pinned or not, at 32-bit weights and activations."""
-    bits = tuple((layer.name, LayerBits(FLOAT_BITS, None)) for layer in space.layers)
-    return model.cost(space, Policy(bits, space.granularity))
+    from .cost.base import FLOAT_ACT, PolicyColumns
+
+    n = len(space.layers)
+    columns = PolicyColumns(np.full(n, FLOAT_BITS, dtype=np.int64), np.full(n, FLOAT_ACT, dtype=np.int64), {})
+    return model.columns_cost(space, columns)
+
+
+def _extreme_cost(space: SearchSpace, model, which) -> float:
+    act = None if space.act_bits is None else which(space.act_bits)
+    return uniform_cost(space, model, which(space.weight_bits), act)
 
 
 
@@ -184,8 +202,8 @@ def resolve_budget(spec: BudgetSpec | str, space: SearchSpace, model) -> Budget:
     elif spec.form == "percent":
         limit = float_cost(space, model) * spec.value / 100.0
     else:
-        cheap = model.cost(space, cheapest_policy(space))
-        dear = model.cost(space, dearest_policy(space))
+        cheap = _extreme_cost(space, model, min)
+        dear = _extreme_cost(space, model, max)
         limit = cheap + spec.value * (dear - cheap)
     return Budget(spec.cost, float(limit), model.unit, spec.text)
 
@@ -201,15 +219,28 @@ def cheapest_cost(space: SearchSpace, model) -> float:
     total = [model.layer_cost(layer, pins[layer.name].weight_bits, pins[layer.name].act_bits)
              for layer in space.layers if layer.name in pins]
     tie_weights = space.granularity == "layer"
-    for group in space.groups():
-        layers = [space.layers[i] for i in group]
+    groups = space.groups()
+    single = np.array([g[0] for g in groups if len(g) == 1], dtype=np.int64)
+    tied = [g for g in groups if len(g) > 1]
+    # (acts, layers, widths): the cost of every layer at every choice
+    tables = np.stack([model.layer_table(space, space.weight_bits, a) for a in space.act_choices])
+    if single.size:
+        # a lone layer: its cheapest (w, a) -- the same at either granularity
+        total.extend(tables[:, single, :].min(axis=(0, 2)).tolist())
+    for group in tied:
         options = []
-        for a in space.act_choices:
+        for t in tables:
+            rows = t[list(group)]
             if tie_weights:
-                options.append(min(math.fsum(model.layer_cost(l, w, a) for l in layers) for w in space.weight_bits))
+                options.append(min(math.fsum(rows[:, j]) for j in range(rows.shape[1])))
             else:
-                options.append(math.fsum(min(model.layer_cost(l, w, a) for w in space.weight_bits) for l in layers))
+                options.append(math.fsum(rows.min(axis=1)))
         total.append(min(options))
+    if not np.all(np.isfinite(total)):
+        for a in space.act_choices:  # a layer the model cannot price: let it say why
+            for i in space.free_layers():
+                for w in space.weight_bits:
+                    model.layer_cost(space.layers[i], w, a)
     return math.fsum(total)
 
 

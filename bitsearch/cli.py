@@ -34,10 +34,21 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit code 2)."""
+    """argparse, but a usage error is one line (and exit code 2).
+
+    A command whose help ends in text that is costly to build (bench's suite format, drawn
+    from the shipped schema) sets ``epilog_factory``: it is called when that help is shown,
+    so ``bitsearch --help`` and every other command start without it."""
+
+    epilog_factory = None
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {escape_line_breaks(message)} (see {self.prog} --help)\n")
+
+    def format_help(self):
+        if self.epilog_factory is not None:
+            self.epilog, self.epilog_factory = self.epilog_factory(), None
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -338,4 +338,4 @@ class Problem:
     def describe(self) -> str:
         budgets = ", ".join(str(b) for b in self.budgets) or "no budget"
         return (f"{self.space.model_name or 'model'}: {len(self.space.layers)} layers, "
-                f"{self.space.granularity} granularity, {len(self.space.weight_units())} weight units; {budgets}")
+                f"{self.space.granularity} granularity, {self.space.num_weight_units()} weight units; {budgets}")

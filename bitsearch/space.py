@@ -48,19 +48,18 @@ class Layer:
             raise SpaceError(f"layer {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.kernels < 1 or self.params < 0 or self.macs < 0:
             raise SpaceError(f"layer {self.name!r}: kernels must be >= 1 and params, macs >= 0")
-        for name in ("kernel_size", "stride", "out_spatial"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in _SHAPE_FIELDS:
+            value = getattr(self, name)
+            if value.__class__ is not tuple or (value and set(map(type, value)) != _INT_ONLY):
+                object.__setattr__(self, name, tuple(int(v) for v in value))
 
     @property
     def params_per_kernel(self) -> float:
         return self.params / self.kernels
 
     def to_dict(self) -> dict:
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        get = self.__dict__
+        return {name: list(get[name]) if name in _SHAPE_FIELDS else get[name] for name in _LAYER_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Layer":
@@ -72,6 +71,11 @@ class Layer:
             return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
         except TypeError as exc:
             raise SpaceError(f"layer {data.get('name', '?')!r}: {exc}") from None
+
+
+_LAYER_FIELDS = tuple(f.name for f in fields(Layer))
+_SHAPE_FIELDS = ("kernel_size", "stride", "out_spatial")
+_INT_ONLY = {int}
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ class SearchSpace:
     model_name: str = ""
     fingerprint: str = ""
     _index: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
+    # derived arrays (layer facts, cost columns...), computed once per space: see cached()
+    _cache: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -164,6 +170,43 @@ class SearchSpace:
         if problems:
             raise SpaceError("; ".join(problems))
         object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_cache", {})
+
+    def __getstate__(self):  # derived arrays are not pickled (a worker computes its own)
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def __setstate__(self, state):
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_cache", {})
+
+    def cached(self, key, make):
+        """``make()``, computed once for this space and kept under ``key`` (the space is frozen,
+        so anything derived from it alone can be kept with it)."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = make()
+            return value
+
+    def layer_facts(self):
+        """numpy arrays over the layers (in order): ``params``, ``macs``, ``kernels``,
+        ``bias_params`` (int64), ``free`` (bool: not pinned) and ``kernel_start`` (the index of
+        each layer's first kernel when every kernel of every layer is numbered in order;
+        one entry more than there are layers).  Computed once per space."""
+        def make():
+            import numpy as np
+
+            layers = self.layers
+            facts = {name: np.fromiter((getattr(layer, name) for layer in layers), dtype=np.int64, count=len(layers))
+                     for name in ("params", "macs", "kernels", "bias_params")}
+            pins = self.pins
+            facts["free"] = np.fromiter((layer.name not in pins for layer in layers), dtype=bool, count=len(layers))
+            facts["kernel_start"] = np.concatenate([[0], np.cumsum(facts["kernels"])])
+            for value in facts.values():
+                value.flags.writeable = False
+            return facts
+        return self.cached("layer_facts", make)
 
     # --- lookups -------------------------------------------------------------------
     def layer(self, name: str) -> Layer:
@@ -174,7 +217,7 @@ class SearchSpace:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(layer.name for layer in self.layers)
+        return self.cached("names", lambda: tuple(layer.name for layer in self.layers))
 
     @property
     def pins(self) -> dict[str, Pin]:
@@ -190,14 +233,19 @@ class SearchSpace:
         return (None,) if self.act_bits is None else self.act_bits
 
     def is_pinned(self, name: str) -> bool:
-        return name in self.pins
+        return name in self.cached("pinned_names", lambda: frozenset(n for n, _ in self.pinned))
 
     def free_layers(self) -> tuple[int, ...]:
-        pins = self.pins
-        return tuple(i for i, layer in enumerate(self.layers) if layer.name not in pins)
+        def make():
+            pins = self.pins
+            return tuple(i for i, layer in enumerate(self.layers) if layer.name not in pins)
+        return self.cached("free_layers", make)
 
     def groups(self) -> tuple[tuple[int, ...], ...]:
         """Free layers grouped by ties (each untied layer is a group of one), in layer order."""
+        return self.cached("groups", self._groups)
+
+    def _groups(self) -> tuple[tuple[int, ...], ...]:
         pins = self.pins
         group_of = {}
         for group in self.tied:
@@ -220,16 +268,23 @@ class SearchSpace:
         return tuple(WeightUnit((i,), k) for i in self.free_layers()
                      for k in range(self.layers[i].kernels))
 
+    def num_weight_units(self) -> int:
+        """``len(self.weight_units())``, without building them (a million kernels are cheap to count)."""
+        if self.granularity == "layer":
+            return len(self.groups())
+        facts = self.layer_facts()
+        return int(facts["kernels"][facts["free"]].sum())
+
     def num_decisions(self) -> int:
         """Weight units plus activation units (when activations are searched)."""
-        n = len(self.weight_units())
+        n = self.num_weight_units()
         if self.act_searched:
             n += len(self.groups())
         return n
 
     def num_policies(self) -> int:
         """How many distinct policies the space holds (can be astronomically large)."""
-        n = len(self.weight_bits) ** len(self.weight_units())
+        n = len(self.weight_bits) ** self.num_weight_units()
         if self.act_searched:
             n *= len(self.act_bits) ** len(self.groups())
         return n
@@ -279,9 +334,46 @@ class SearchSpace:
 
 
 def layers_fingerprint(layers: Iterable[Layer]) -> str:
-    """A fingerprint of the layer structure (names, kinds, shapes): ``sha256:...``."""
-    payload = json.dumps([layer.to_dict() for layer in layers], sort_keys=True)
+    """A fingerprint of the layer structure (names, kinds, shapes): ``sha256:...``.
+
+    The digest of ``json.dumps([layer.to_dict() ...], sort_keys=True)``, written here field
+    by field with the same text (a few microseconds a layer; checked against json.dumps)."""
+    layers = list(layers)
+    try:
+        payload = "[" + ", ".join(map(_layer_json, layers)) + "]"
+    except _NotPlain:
+        payload = json.dumps([layer.to_dict() for layer in layers], sort_keys=True)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_SORTED_FIELDS = tuple(sorted(_LAYER_FIELDS))
+
+
+def _layer_json(layer: Layer) -> str:
+    """``json.dumps(layer.to_dict(), sort_keys=True)`` for a layer of plain ints and strs."""
+    get = layer.__dict__
+    values = []
+    for name in _SORTED_FIELDS:
+        value = get[name]
+        kind = value.__class__
+        if kind is int:
+            values.append(value)
+        elif kind is str:
+            values.append(_encode_str(value))
+        elif kind is tuple and (not value or set(map(type, value)) <= _INT_ONLY):
+            values.append("[" + ", ".join(map(int.__repr__, value)) + "]")
+        else:
+            raise _NotPlain
+    return _LAYER_TEMPLATE % tuple(values)
+
+
+_encode_str = json.encoder.encode_basestring_ascii
+_LAYER_TEMPLATE = "{" + ", ".join(f'"{name}": ' + ("%s" if name in _SHAPE_FIELDS or name in ("name", "kind")
+                                                   else "%d") for name in _SORTED_FIELDS) + "}"
 
 
 def parse_bits(text: str, *, allow_none: bool = False) -> tuple[int, ...] | None:

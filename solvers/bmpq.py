@@ -65,7 +65,7 @@ class BMPQSearcher(BaseSearcher):
     from the gradients it computed, just before the optimizer steps.
 
     Settings: :class:`BMPQSettings` (the ILP's ``method``, ``solver``, ``time_limit`` and
-    ``mip_gap`` included; ``bitsearch searchers bmpq`` lists them).
+    ``gap`` included; ``bitsearch searchers bmpq`` lists them).
     """
 
     name = "bmpq"
@@ -79,7 +79,7 @@ class BMPQSearcher(BaseSearcher):
 
         s = self.config
         solution = solve_ilp(replace(problem, sensitivity=table), method=s.method, solver=s.solver,
-                             time_limit=s.time_limit, mip_gap=s.mip_gap)
+                             time_limit=s.time_limit, gap=s.gap)
         return solution
 
     def _search(self, problem, run: SearchRun):

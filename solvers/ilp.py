@@ -4,20 +4,29 @@ HAWQ-V3 (Yao et al., ICML 2021) and BMPQ choose bit widths by an integer linear 
 one width per decision unit, the objective the sum of the units' estimated loss
 increases (a :class:`~bitsearch.sensitivity.table.SensitivityTable`), every budget a
 linear constraint.  This module builds that program from a
-:class:`~bitsearch.problem.Problem` (costs come from ``bitsearch.cost`` only) and solves
-it two ways:
+:class:`~bitsearch.problem.Problem` (costs come from ``bitsearch.cost`` only; the tables
+are numpy arrays over the units, built in one pass) and solves it to a proven relative
+``gap`` (default 1e-4; 0: exact) three ways:
 
 * ``mckp``: one budget over separable costs is a multiple-choice knapsack, solved by
   :func:`bitsearch.solvers.mckp.solve_mckp` (hull greedy, reduced-cost fixing and a small
   exact search) in well under a second for 27k kernels;
+* ``lagrangian``: several separable budgets, solved by
+  :func:`bitsearch.solvers.lagrangian.solve_lagrangian` (the Lagrangian dual over every
+  budget, maximised by smoothed Newton steps, for a proven bound; a primal repair that
+  keeps every budget exactly) in seconds for a million units;
 * ``mip``: the general program in PuLP, solved by HiGHS (``solver="highs"``, through
   highspy) or CBC (``solver="cbc"``).  It covers several budgets, activations searched
   jointly with weights, tied groups, pins, and latency tables where a kernel-wise layer
   pays its widest kernel.
 
-``method="auto"`` takes ``mckp`` when it applies (at most one budget; at kernel
-granularity the budget's cost is a per-kernel sum and activations are not searched) and
-the exact search closes the gap within ``mckp_gap``, and ``mip`` otherwise.
+``method="auto"`` takes ``mckp`` for one budget and ``lagrangian`` for several when every
+budget is a sum over the units (at kernel granularity: activations not searched and no
+cost that charges a layer its widest kernel), and ``mip`` otherwise.  When a fast path's
+bound leaves more than ``gap``, reduced-cost fixing at its multipliers leaves a small
+*core* of units open and a MIP over the core (HiGHS through highspy) closes the rest; only
+a core too large for that goes to the full MIP.  Every path reports the objective, the
+bound, the gap and, per budget, its slack and whether it binds.
 
 The formulation, for decision units ``u`` with choices ``q``::
 
@@ -45,6 +54,7 @@ by the excess, so the policy returned is within every budget exactly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -62,11 +72,13 @@ from bitsearch.policy import LayerBits, Policy
 from bitsearch.search import BaseSearcher, SearchRun
 from bitsearch.settings import SearcherSettings, setting
 
+from .lagrangian import JointlyInfeasible, core, solve_lagrangian
 from .mckp import KnapsackInfeasible, solve_mckp
 from .refine import refine_policy
 
 SOLVERS = ("highs", "cbc")
-METHODS = ("auto", "mckp", "mip")
+METHODS = ("auto", "mckp", "lagrangian", "mip")
+DEFAULT_GAP = 1e-4
 
 
 # --- the formulation as arrays -------------------------------------------------------------
@@ -81,11 +93,12 @@ class _Block:
 
 @dataclass
 class Formulation:
-    """The decision units, their objective and cost tables, for one Problem.
+    """The decision units, their objective and cost tables, for one Problem (numpy arrays).
 
-    ``weight_units`` has one entry per weight unit (``space.weight_units()`` order).  At
-    layer granularity a unit's choices are ``len(weight_bits) * n_act`` (weight-major)
-    where ``n_act`` is the number of activation choices when they are searched (else 1).
+    ``values`` has one row per weight unit (``space.weight_units()`` order).  At layer
+    granularity a unit's choices are ``len(weight_bits) * n_act`` (weight-major) where
+    ``n_act`` is the number of activation choices when they are searched (else 1).
+    ``unit_layer[u]``: the (first) layer index of unit ``u``.
     """
 
     problem: object
@@ -95,7 +108,7 @@ class Formulation:
     n_a: int
     groups: tuple
     values: np.ndarray                      # (units, choices): the objective per unit and choice
-    unit_layers: list                       # per unit: tuple of layer indices
+    unit_layer: np.ndarray                  # (units,) layer index of each unit
     budget_limits: list                     # per budget: the limit less the pinned layers' cost
     pinned_costs: list
     kernel_slices: dict = field(default_factory=dict)  # layer index -> slice of kernel units
@@ -116,73 +129,60 @@ def _act_choices(space):
 
 
 def build_formulation(problem) -> Formulation:
-    """Objective and cost tables from the problem's sensitivity table and cost models."""
+    """Objective and cost tables from the problem's sensitivity table and the planning cost
+    arrays of :func:`bitsearch.cost.unit_tables`, all numpy arrays over the units (linear in
+    their number)."""
+    from bitsearch.cost import unit_tables
+
     space = problem.space
     table = problem.sensitivity
     acts = _act_choices(space)
     n_w, n_a = len(space.weight_bits), len(acts)
     groups = space.groups()
-    pins = space.pins
-    pinned_costs, limits = [], []
     for budget in problem.budgets:
         model = problem.costs[budget.cost]
-        pinned = math.fsum(model.policy_layer_cost(layer, LayerBits(pins[layer.name].weight_bits,
-                                                                    pins[layer.name].act_bits))
-                           for layer in space.layers if layer.name in pins)
-        pinned_costs.append(pinned)
-        limits.append(budget.limit - pinned)
-    act_of_layer = {}
-    if space.act_searched:
-        for layer in space.layers:
-            if layer.name not in pins:
-                act_of_layer[layer.name] = table.act_table(space, layer)
+        if space.granularity == "kernel" and model.per_kernel not in ("sum", "max"):
+            raise SearcherUnsupportedError(f"ilp: cost {budget.cost!r} has per_kernel={model.per_kernel!r}; "
+                                           "only 'sum' and 'max' can be written as linear constraints")
+    encoding = Encoding(space)
+    tables = unit_tables(problem, encoding)
+    pinned_costs = [float(v) for v in tables.pinned]
+    limits = [float(v) for v in tables.free_limits]
+    free = encoding.free_layers
+    position = np.full(len(space.layers), -1, dtype=np.int64)
+    position[free] = np.arange(free.size)
     if space.granularity == "layer":
-        values = np.zeros((len(groups), n_w * n_a))
-        unit_costs = [np.zeros((len(groups), n_w * n_a)) for _ in problem.budgets]
-        for u, group in enumerate(groups):
-            for i in group:
-                layer = space.layers[i]
-                sw = table.unit_table(space, layer)[0]
-                sa = act_of_layer[layer.name] if space.act_searched else np.zeros(1)
-                values[u] += (sw[:, None] + sa[None, :]).ravel()
-                for b, budget in enumerate(problem.budgets):
-                    model = problem.costs[budget.cost]
-                    unit_costs[b][u] += np.array([model.layer_cost(layer, w, a)
-                                                  for w in space.weight_bits for a in acts])
-        return Formulation(problem, "layer", space.act_searched, n_w, n_a, groups, values,
-                           [g for g in groups], limits, pinned_costs, unit_costs=unit_costs)
+        sens = table.layer_rows(space)                      # (free layers, n_w)
+        sens_act = table.act_rows(space)                    # (free layers, n_a) or zeros
+        layer_values = (sens[:, :, None] + sens_act[:, None, :]).reshape(free.size, n_w * n_a)
+        first = encoding.unit_layer
+        if all(len(g) == 1 for g in groups):
+            values = layer_values[position[first]]
+        else:
+            members = np.array([i for g in groups for i in g], dtype=np.int64)
+            unit_of = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+            values = np.zeros((len(groups), n_w * n_a))
+            np.add.at(values, unit_of, layer_values[position[members]])
+        unit_costs = [tables.unit_choice_costs(b) for b in range(tables.n_budgets)]
+        return Formulation(problem, "layer", space.act_searched, n_w, n_a, groups, values, first,
+                           limits, pinned_costs, unit_costs=unit_costs)
     # kernel granularity
-    rows, unit_layers, slices = [], [], {}
-    start = 0
-    for i in space.free_layers():
-        layer = space.layers[i]
-        rows.append(table.unit_table(space, layer))
-        slices[i] = slice(start, start + layer.kernels)
-        unit_layers.extend([(i,)] * layer.kernels)
-        start += layer.kernels
-    values = np.concatenate(rows, axis=0) if rows else np.zeros((0, n_w))
+    slices = dict(encoding.layer_slices)
+    values = table.kernel_rows(space)
     act_values = None
     if space.act_searched:
+        sens_act = table.act_rows(space)
         act_values = np.zeros((len(groups), n_a))
         for g, group in enumerate(groups):
             for i in group:
-                act_values[g] += act_of_layer[space.layers[i].name]
+                act_values[g] += sens_act[position[i]]
     unit_costs = []
-    for budget in problem.budgets:
-        model = problem.costs[budget.cost]
-        if model.per_kernel not in ("sum", "max"):
-            raise SearcherUnsupportedError(f"ilp: cost {budget.cost!r} has per_kernel={model.per_kernel!r}; "
-                                           "only 'sum' and 'max' can be written as linear constraints")
-        if model.per_kernel == "sum" and not space.act_searched:
-            table_b = np.zeros_like(values)
-            for i, sl in slices.items():
-                layer = space.layers[i]
-                per_kernel = np.array([model.layer_cost(layer, w, acts[0]) for w in space.weight_bits]) / layer.kernels
-                table_b[sl] = per_kernel[None, :]
-            unit_costs.append(table_b)
+    for b in range(tables.n_budgets):
+        if tables.per_kernel[b] == "sum" and not space.act_searched:
+            unit_costs.append(tables.costs[b, 0])
         else:
             unit_costs.append(None)  # not separable per kernel: MIP only
-    return Formulation(problem, "kernel", space.act_searched, n_w, n_a, groups, values, unit_layers,
+    return Formulation(problem, "kernel", space.act_searched, n_w, n_a, groups, values, encoding.unit_layer,
                        limits, pinned_costs, kernel_slices=slices, act_values=act_values,
                        unit_costs=unit_costs)
 
@@ -490,7 +490,7 @@ def _solve_mip(mip: _MIP, solver, solver_name: str) -> _MIPOutcome:
 @dataclass
 class ILPSolution:
     """A policy and what the solve reports (``info``: method, solver, status, objective,
-    bound, gap, seconds...)."""
+    bound, gap, budgets (limit, cost, slack and whether each binds), seconds...)."""
 
     policy: Policy
     info: dict
@@ -500,18 +500,18 @@ class ILPSolution:
 class ILPSolveSettings(SearcherSettings):
     """How the ILP is solved (shared by ``ilp`` and ``bmpq``, which re-solves it)."""
 
-    method: str = setting("auto", choices=METHODS, help="auto: the knapsack path when it applies, else the MIP")
+    method: str = setting("auto", choices=METHODS, help="auto: the knapsack path (one budget) or the Lagrangian "
+                                                        "path (several) when the costs are sums over the units, "
+                                                        "else the MIP")
     solver: str = setting("highs", choices=SOLVERS, help="MIP solver: highs (highspy) or cbc (bundled with PuLP)")
-    time_limit: float | None = setting(None, gt=0, help="seconds for the MIP solver, then the best policy found "
+    time_limit: float | None = setting(None, gt=0, help="seconds for a MIP solver, then the best policy found "
                                                         "with its proven gap (None: no limit)")
-    mip_gap: float | None = setting(None, ge=0, lt=1, help="relative gap at which the MIP and the knapsack search "
-                                                           "may stop (None: 0, exact)")
+    gap: float = setting(DEFAULT_GAP, ge=0, lt=1, help="relative gap to prove between the policy and a lower bound "
+                                                       "on the optimum (0: exact)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ILPSettings(ILPSolveSettings):
-    mckp_gap: float = setting(1e-4, ge=0, lt=1, help="largest proven gap auto accepts from the knapsack path "
-                                                     "before it falls back to the MIP")
     mckp_nodes: int = setting(100_000, ge=0, help="search nodes of the knapsack's exact phase")
     threads: int | None = setting(None, ge=1, help="MIP solver threads (None: the solver's default)")
     verbose: bool = setting(False, help="print the solver's log")
@@ -523,25 +523,28 @@ class ILPSettings(ILPSolveSettings):
 class ILPSearcher(BaseSearcher):
     """Minimise the summed sensitivity under every budget (HAWQ-V3 / BMPQ ILP).
 
-    Settings (:class:`ILPSettings`): ``method`` picks the knapsack path or the MIP;
-    without ``time_limit`` the MIP is solved to a gap of ``mip_gap`` (default 0: exact),
-    with it the best policy found in time is returned with the gap the solver proved.
-    ``refine`` rounds of evaluator-guided local search follow the ILP's policy (see
-    :mod:`bitsearch.solvers.refine`).
+    Settings (:class:`ILPSettings`): ``method`` picks the knapsack path (one budget), the
+    Lagrangian path (several; both need costs that are sums over the units) or the MIP;
+    ``gap`` is the relative gap to prove between the policy and a lower bound on the
+    optimum (default 1e-4; 0: exact): the fast paths close what their bound leaves with a
+    small MIP over the units reduced-cost fixing leaves open (the *core*), and fall back to
+    the full MIP only when the core is too large.  With ``time_limit`` a MIP returns the
+    best policy found in time with the gap it proved.  ``refine`` rounds of
+    evaluator-guided local search follow the ILP's policy (see :mod:`bitsearch.solvers.refine`).
     """
 
     name = "ilp"
     needs = "sensitivity"
     deterministic = True
-    description = "exact ILP over a sensitivity table (HAWQ-V3 style): knapsack path, or PuLP with HiGHS/CBC"
+    description = ("exact ILP over a sensitivity table (HAWQ-V3 style): knapsack or Lagrangian path, "
+                   "or PuLP with HiGHS/CBC")
     settings_class = ILPSettings
 
     def _search(self, problem, run: SearchRun):
         stop_early = not run.emit("progress", step=0, total=1, message="building the program")
         c = self.config
-        solution = solve(problem, method=c.method, solver=c.solver, time_limit=c.time_limit, mip_gap=c.mip_gap,
-                         mckp_gap=c.mckp_gap, mckp_nodes=c.mckp_nodes, threads=c.threads, verbose=c.verbose,
-                         quick=stop_early)
+        solution = solve(problem, method=c.method, gap=c.gap, solver=c.solver, time_limit=c.time_limit,
+                         mckp_nodes=c.mckp_nodes, threads=c.threads, verbose=c.verbose, quick=stop_early)
         run.info.update(solution.info)
         run.evaluate(solution.policy, step=1, total=1)
         policy = solution.policy
@@ -551,93 +554,307 @@ class ILPSearcher(BaseSearcher):
         return policy
 
 
-def solve(problem, *, method="auto", solver="highs", time_limit=None, mip_gap=None, mckp_gap=1e-4,
-          mckp_nodes=100_000, threads=None, verbose=False, quick=False) -> ILPSolution:
-    """Solve the ILP of ``problem`` (which needs a sensitivity table); see :class:`ILPSearcher`.
+def separable(form: Formulation) -> tuple[bool, str]:
+    """Whether every budget is a sum over the units (then the knapsack / Lagrangian paths
+    apply), and why not."""
+    if form.granularity == "kernel" and form.act_searched:
+        return False, "activations searched at kernel granularity (a layer's cost is not a per-kernel sum)"
+    for budget, table in zip(form.budgets, form.unit_costs):
+        if table is None:
+            return False, f"cost {budget.cost!r} charges a layer its widest kernel (not separable per kernel)"
+    return True, ""
 
-    ``quick``: the caller asked to stop: give the MIP at most one second.
+
+def solve(problem, *, method="auto", gap=DEFAULT_GAP, solver="highs", time_limit=None, mckp_nodes=100_000,
+          threads=None, verbose=False, quick=False) -> ILPSolution:
+    """Solve the ILP of ``problem`` (which needs a sensitivity table) to a proven relative
+    ``gap``; see :class:`ILPSearcher`.
+
+    ``quick``: the caller asked to stop: give a MIP at most one second.
     """
     if problem.sensitivity is None:
         raise SearcherUnsupportedError("ilp needs a sensitivity table (--sensitivity, or a --problem file)")
     started = time.perf_counter()
-    mip_gap_value = 0.0 if mip_gap is None else float(mip_gap)
+    gap = float(gap)
     if quick:
         time_limit = 1.0 if time_limit is None else min(float(time_limit), 1.0)
     form = build_formulation(problem)
-    build_seconds = time.perf_counter() - started
-    applies, why = mckp_applies(form)
-    if method == "mckp" and not applies:
+    info: dict = {"build_seconds": round(time.perf_counter() - started, 4), "requested_gap": gap}
+    fast, why = separable(form)
+    if method == "mckp" and not (fast and len(form.budgets) <= 1):
+        why = why or f"{len(form.budgets)} budgets (the knapsack path takes one)"
         raise SearcherUnsupportedError(f"ilp: method 'mckp' does not apply to this problem: {why}; "
-                                       f"use method 'mip' or 'auto'")
-    info: dict = {"build_seconds": round(build_seconds, 4)}
-    if method in ("auto", "mckp") and applies:
-        outcome = _run_mckp(form, mip_gap_value, int(mckp_nodes), info)
-        accept = outcome is not None and (method == "mckp" or info["gap"] <= float(mckp_gap) + 1e-15)
-        if accept:
-            policy, extra = _verified(form, outcome, lambda limits: _mckp_choice(form, limits, mip_gap_value,
-                                                                                   int(mckp_nodes)))
-            info.update(extra)
-            if extra.get("tightened"):  # the policy comes from a re-solve: report its own objective
-                objective = form.problem.sensitivity.loss(form.space, policy)
-                info["objective"] = objective
-                info["gap"] = max(0.0, objective - info["bound"]) / max(abs(objective), 1e-300)
-            info["seconds"] = round(time.perf_counter() - started, 4)
-            return ILPSolution(policy, info)
-        info["mckp_fallback"] = f"the knapsack search proved only gap {info['gap']:.3g} > mckp_gap {mckp_gap}"
-    elif method == "auto":
-        info["mckp_skipped"] = why
-    return _run_mip(form, solver, time_limit, mip_gap_value, threads, verbose, info, started)
+                                       "use method 'lagrangian', 'mip' or 'auto'")
+    if method == "lagrangian" and not fast:
+        raise SearcherUnsupportedError(f"ilp: method 'lagrangian' does not apply to this problem: {why}; "
+                                       "use method 'mip' or 'auto'")
+    if method == "mip" or (method == "auto" and not fast):
+        if method == "auto":
+            info["fast_path_skipped"] = why
+        solution = _run_mip(form, solver, time_limit, gap, threads, verbose, info, started)
+        return ILPSolution(solution.policy, _finish_info(form, solution.policy, solution.info, started))
+    use_knapsack = method == "mckp" or (method == "auto" and len(form.budgets) <= 1)
+
+    def attempt(limits):
+        if use_knapsack:
+            return _knapsack(form, limits, gap, int(mckp_nodes))
+        return _lagrangian(form, limits, gap, time_limit)
+
+    result = attempt(list(form.budget_limits))
+    policy, extra, result = _verified_fast(form, result, attempt)
+    info.update(result.info)
+    info.update(extra)
+    if result.gap > gap + GAP_NOISE and method != "mckp":
+        closed = _close_gap(form, result, gap, time_limit, threads, verbose, info)
+        if closed is None and form.values.size > FULL_MIP_MAX_BINARIES:
+            # too large for a MIP of either kind: the policy found, with the gap it proves
+            info["core_fallback"] = (f"the core left {info.get('core_units', '?')} units open and the full program "
+                                     f"has {form.values.size:,} binaries: returning the policy with its proven gap")
+            closed = result
+        if closed is None:  # the core is too large for a small MIP: the full program
+            info["core_fallback"] = (f"the core left {info.get('core_units', '?')} units open: solving the full "
+                                     "program instead")
+            solution = _run_mip(form, solver, time_limit, gap, threads, verbose, info, started)
+            return ILPSolution(solution.policy, _finish_info(form, solution.policy, solution.info, started))
+        if closed.choice is not result.choice:
+            incumbent = result
+
+            def again(limits):  # the core MIP let a budget slip: its own tolerance; tighten and solve again
+                retry = _close_gap(form, dataclasses.replace(incumbent, limits=limits), gap, time_limit, threads,
+                                   verbose, info)
+                return incumbent if retry is None else retry
+
+            policy, extra2, closed = _verified_fast(form, closed, again)
+            info["tightened"] = info.get("tightened", 0) + extra2.get("tightened", 0)
+        result = closed
+    objective = problem.sensitivity.loss(form.space, policy)
+    bound = min(result.bound, objective)
+    info.update({"objective": objective, "bound": bound, "gap": _rel(objective - bound, objective),
+                 "status": "optimal" if _rel(objective - bound, objective) <= gap + GAP_NOISE else "gap"})
+    return ILPSolution(policy, _finish_info(form, policy, info, started, result.multipliers))
 
 
-def _mckp_arrays(form: Formulation):
+CORE_MAX_BINARIES = 400_000  # a larger core goes to the full MIP
+FULL_MIP_MAX_BINARIES = 3_000_000  # ... unless that is larger still (PuLP would take hours to build it)
+GAP_NOISE = 1e-10  # relative gaps below this are rounding, not a gap ("exact" means gap 0 up to it)
+
+
+def _rel(gap_abs: float, objective: float) -> float:
+    return max(0.0, gap_abs) / max(abs(objective), 1e-300)
+
+
+@dataclass
+class _Fast:
+    """What a fast path returns: one choice per unit, its value, a proven bound, the
+    multipliers that prove it (one per budget), and what to report."""
+
+    choice: np.ndarray
+    objective: float
+    bound: float
+    multipliers: tuple
+    info: dict
+    limits: list
+
+    @property
+    def gap(self) -> float:
+        return _rel(self.objective - self.bound, self.objective)
+
+
+def _knapsack(form, limits, gap, nodes) -> _Fast:
     values = form.values
-    if form.budgets:
-        return values, form.unit_costs[0], form.budget_limits[0]
-    return values, np.zeros_like(values), math.inf
-
-
-def _run_mckp(form, gap, nodes, info):
-    values, costs, capacity = _mckp_arrays(form)
+    costs = form.unit_costs[0] if form.budgets else np.zeros_like(values)
+    capacity = limits[0] if form.budgets else math.inf
     try:
         sol = solve_mckp(values, costs, capacity, gap=gap, max_nodes=nodes)
     except KnapsackInfeasible:
         _raise_infeasible_single(form, 0)
-    info.update({"method": "mckp", "solver": "mckp", "status": "optimal" if sol.status == "optimal" else "gap",
-                 "objective": sol.objective, "bound": float(sol.bound), "gap": float(sol.gap),
-                 "solve_seconds": round(sol.seconds, 4), "lp_bound": sol.lp_bound,
-                 "core_units": sol.core_units, "nodes": sol.nodes, "variables": int(values.size),
-                 "constraints": int(values.shape[0]) + (1 if form.budgets else 0)})
-    return sol.choice
+    info = {"method": "mckp", "solver": "mckp", "solve_seconds": round(sol.seconds, 4), "lp_bound": sol.lp_bound,
+            "core_units": sol.core_units, "nodes": sol.nodes, "variables": int(values.size),
+            "constraints": int(values.shape[0]) + (1 if form.budgets else 0)}
+    return _Fast(sol.choice, sol.objective, float(sol.bound), (sol.lagrange,) if form.budgets else (), info,
+                 list(limits))
 
 
-def _mckp_choice(form, limits, gap, nodes):
-    values, costs, _ = _mckp_arrays(form)
-    sol = solve_mckp(values, costs, limits[0], gap=gap, max_nodes=nodes)
-    return sol.choice, None
+def _lagrangian(form, limits, gap, time_limit) -> _Fast:
+    try:
+        sol = solve_lagrangian(form.values, form.unit_costs, limits, gap=gap, time_limit=time_limit)
+    except JointlyInfeasible:
+        _raise_infeasible_joint_fast(form)
+    info = {"method": "lagrangian", "solver": "lagrangian", "solve_seconds": round(sol.seconds, 4),
+            "dual_evaluations": sol.evaluations, "variables": int(form.values.size),
+            "constraints": int(form.values.shape[0]) + len(form.budgets)}
+    return _Fast(sol.choice, sol.objective, sol.bound, sol.multipliers, info, list(limits))
 
 
-def _verified(form, first_choice, resolve, first_acts=None):
-    """Decode, check every budget with the cost models, and re-solve with tightened limits
-    while a solver tolerance let a budget slip.  Returns (policy, info updates)."""
+def _verified_fast(form, result: _Fast, attempt):
+    """Decode and check every budget with the cost models; while a sum over units let a
+    budget slip by a rounding error, solve again with that budget tightened by the excess."""
     problem = form.problem
-    limits = list(form.budget_limits)
-    choice, acts = first_choice, first_acts
     tightened = 0
-    for attempt in range(6):
-        policy = decode(form, choice, acts)
+    for round_ in range(6):
+        policy = decode(form, result.choice)
         costs = problem.cost_of(policy)
         over = [(b, costs[budget.cost] - budget.limit) for b, budget in enumerate(form.budgets)
                 if not budget.allows(costs[budget.cost])]
         if not over:
-            return policy, {"tightened": tightened}
-        tightened += 1
-        for b, excess in over:
-            limits[b] -= excess + 1e-12 * abs(form.budgets[b].limit) * (10 ** attempt)
-        choice, acts = resolve(limits)
-        if choice is None:
+            return policy, {"tightened": tightened}, result
+        if attempt is None:
             break
-    raise RuntimeError("ilp: the solver's tolerance let a budget slip and re-solving with tightened "
-                       "limits did not repair it; please report this problem")
+        tightened += 1
+        limits = list(result.limits)
+        for b, excess in over:
+            limits[b] -= excess + 1e-12 * abs(form.budgets[b].limit) * (10 ** round_)
+        bound = result.bound  # a bound of the original program stays one
+        result = attempt(limits)
+        result.bound = min(result.bound, bound) if tightened else result.bound
+    raise RuntimeError("ilp: a rounding error let a budget slip and re-solving with tightened limits did not "
+                       "repair it; please report this problem")
+
+
+def _close_gap(form, result: _Fast, gap, time_limit, threads, verbose, info) -> _Fast | None:
+    """Reduced-cost fixing at the fast path's multipliers, then a MIP over the units left
+    open (HiGHS, through highspy): closes the gap to ``gap``, or returns None when the core
+    is too large for a small MIP."""
+    values = form.values
+    costs = [c for c in form.unit_costs]
+    limits = result.limits
+    multipliers = result.multipliers
+    lower = dual_value_of(values, costs, limits, multipliers)
+    upper = result.objective
+    tol = gap * abs(upper)
+    fixed = core(values, costs, multipliers, result.choice, upper, lower, tol=tol)
+    binaries = int(fixed.allowed.sum())
+    info.update({"core_units": int(fixed.units.size), "core_binaries": binaries})
+    if binaries > CORE_MAX_BINARIES:
+        return None
+    if fixed.units.size == 0:  # nothing can improve: the incumbent is optimal within tol
+        return _Fast(result.choice, result.objective, max(result.bound, upper - tol), multipliers, result.info,
+                     limits)
+    t0 = time.perf_counter()
+    choice, core_bound, status = _solve_core(values, costs, limits, fixed, result.choice, upper, tol,
+                                             time_limit, threads, verbose)
+    info.update({"core_seconds": round(time.perf_counter() - t0, 4), "core_status": status,
+                 "method": info.get("method", "") + "+core"})
+    bound = max(result.bound, min(upper - tol, core_bound)) if core_bound is not None else result.bound
+    if choice is None:
+        return _Fast(result.choice, result.objective, bound, multipliers, result.info, limits)
+    rows = np.arange(values.shape[0])
+    objective = math.fsum(values[rows, choice])
+    if objective >= upper:
+        return _Fast(result.choice, result.objective, bound, multipliers, result.info, limits)
+    return _Fast(choice, objective, min(bound, objective), multipliers, result.info, limits)
+
+
+def dual_value_of(values, costs, limits, multipliers) -> float:
+    """The Lagrangian bound sum_u min_j (values + lam . costs) - lam . limits."""
+    A = np.array(values, dtype=float)
+    for lam, c in zip(multipliers, costs):
+        if lam:
+            A += lam * c
+    return math.fsum(A.min(axis=1)) - math.fsum(lam * cap for lam, cap in zip(multipliers, limits))
+
+
+def _solve_core(values, costs, limits, fixed, incumbent, upper, tol, time_limit, threads, verbose):
+    """The MIP over the core (one binary per allowed unit and choice): returns the full
+    choice vector of a better policy (or None), a proven lower bound on the full objective
+    (or None), and HiGHS' status."""
+    import highspy
+
+    units = fixed.units
+    allowed = fixed.allowed
+    cu, cj = np.nonzero(allowed)
+    u = units[cu]
+    n_var = cu.size
+    k = len(costs)
+    base = values[u, cj]
+    low = np.full(units.size, np.inf)
+    np.minimum.at(low, cu, base)
+    objective = base - low[cu]
+    constant = fixed.fixed_value + math.fsum(low)
+    scale = max(float(np.abs(objective).max(initial=0.0)), 1e-300)
+    rows_index = [cu]
+    rows_value = [np.ones(n_var)]
+    row_low = [np.ones(units.size)]
+    row_high = [np.ones(units.size)]
+    for b in range(k):
+        c = costs[b][u, cj]
+        cmin = np.full(units.size, np.inf)
+        np.minimum.at(cmin, cu, c)
+        shifted = c - cmin[cu]
+        rhs = limits[b] - fixed.fixed_costs[b] - math.fsum(cmin)
+        cscale = max(float(np.abs(shifted).max(initial=0.0)), abs(rhs), 1e-300)
+        rows_index.append(np.full(n_var, units.size + b))
+        rows_value.append(shifted / cscale)
+        row_low.append(np.array([-highspy.kHighsInf]))
+        row_high.append(np.array([rhs / cscale]))
+    index = np.stack(rows_index, axis=1).ravel().astype(np.int32)
+    value = np.stack(rows_value, axis=1).ravel()
+    lp = highspy.HighsLp()
+    lp.num_col_ = n_var
+    lp.num_row_ = units.size + k
+    lp.col_cost_ = objective / scale
+    lp.col_lower_ = np.zeros(n_var)
+    lp.col_upper_ = np.ones(n_var)
+    lp.row_lower_ = np.concatenate(row_low)
+    lp.row_upper_ = np.concatenate(row_high)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.arange(0, (k + 1) * n_var + 1, k + 1, dtype=np.int32)
+    lp.a_matrix_.index_ = index
+    lp.a_matrix_.value_ = value
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * n_var
+    with _quiet_native_stdout(not verbose):
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", bool(verbose))
+        h.setOptionValue("random_seed", 0)
+        h.setOptionValue("mip_rel_gap", 0.0)
+        h.setOptionValue("mip_abs_gap", max(tol, 0.0) / scale)
+        h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+        h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+        # only a policy better than the incumbent is of use
+        h.setOptionValue("objective_bound", (upper - constant) / scale + 1e-9)
+        if time_limit is not None:
+            h.setOptionValue("time_limit", float(time_limit))
+        if threads is not None:
+            h.setOptionValue("threads", int(threads))
+        h.passModel(lp)
+        start = (incumbent[u] == cj).astype(float)
+        solution = highspy.HighsSolution()
+        solution.col_value = start.tolist()
+        solution.value_valid = True
+        h.setSolution(solution)
+        h.run()
+    status = h.getModelStatus().name
+    info = h.getInfo()
+    dual = float(info.mip_dual_bound)
+    bound = constant + scale * dual if math.isfinite(dual) else None
+    if status in ("kInfeasible",):  # nothing better than the incumbent exists in the core
+        return None, upper - tol, status
+    col = np.asarray(h.getSolution().col_value, dtype=float)
+    if col.size != n_var or info.primal_solution_status == 0:
+        return None, bound, status
+    chosen = col > 0.5
+    choice = fixed.fixed.copy()
+    if np.bincount(cu[chosen], minlength=units.size).min(initial=1) != 1:
+        return None, bound, status
+    choice[u[chosen]] = cj[chosen]
+    return choice, bound, status
+
+
+def _finish_info(form, policy, info, started, multipliers=None) -> dict:
+    """Add what every path reports: each budget's limit, cost, slack, and whether it binds
+    (a positive multiplier: without it the bound would be lower; None where the path has no
+    multipliers)."""
+    problem = form.problem
+    costs = problem.cost_of(policy)
+    report = []
+    for b, budget in enumerate(form.budgets):
+        binds = None if multipliers is None or b >= len(multipliers) else bool(multipliers[b] > 0)
+        report.append({"spec": budget.spec, "cost": budget.cost, "limit": budget.limit, "value": costs[budget.cost],
+                       "slack": budget.limit - costs[budget.cost], "binding": binds})
+    info["budgets"] = report
+    info["binding"] = [r["spec"] for r in report if r["binding"]]
+    info["seconds"] = round(time.perf_counter() - started, 4)
+    return info
 
 
 def _run_mip(form, solver_name, time_limit, mip_gap, threads, verbose, info, started, *, extend=None,
@@ -683,6 +900,58 @@ def _run_mip(form, solver_name, time_limit, mip_gap, threads, verbose, info, sta
                  "variables": mip.variables, "constraints": mip.constraints, **extra})
     info["seconds"] = round(time.perf_counter() - started, 4)
     return ILPSolution(policy, info)
+
+
+def _verified(form, first_choice, resolve, first_acts=None):
+    """Decode, check every budget with the cost models, and re-solve with tightened limits
+    while a solver tolerance let a budget slip.  Returns (policy, info updates)."""
+    problem = form.problem
+    limits = list(form.budget_limits)
+    choice, acts = first_choice, first_acts
+    tightened = 0
+    for attempt in range(6):
+        policy = decode(form, choice, acts)
+        costs = problem.cost_of(policy)
+        over = [(b, costs[budget.cost] - budget.limit) for b, budget in enumerate(form.budgets)
+                if not budget.allows(costs[budget.cost])]
+        if not over:
+            return policy, {"tightened": tightened}
+        tightened += 1
+        for b, excess in over:
+            limits[b] -= excess + 1e-12 * abs(form.budgets[b].limit) * (10 ** attempt)
+        choice, acts = resolve(limits)
+        if choice is None:
+            break
+    raise RuntimeError("ilp: the solver's tolerance let a budget slip and re-solving with tightened "
+                       "limits did not repair it; please report this problem")
+
+
+def _raise_infeasible_joint_fast(form):
+    """Several separable budgets that no policy meets together: name, for each budget, the
+    cheapest cost under the others (each a knapsack-family problem of its own)."""
+    from bitsearch.budget import cheapest_cost
+
+    for b, budget in enumerate(form.budgets):
+        others = [k for k in range(len(form.budgets)) if k != b]
+        low = None
+        if others:
+            try:
+                sol = solve_lagrangian(form.unit_costs[b], [form.unit_costs[k] for k in others],
+                                       [form.budget_limits[k] for k in others], gap=1e-9)
+                low = sol.bound + form.pinned_costs[b]
+            except JointlyInfeasible:
+                low = None
+        else:
+            low = cheapest_cost(form.space, form.problem.costs[budget.cost])
+        if low is None or low > budget.limit:
+            others_text = ", ".join(o.spec for k, o in enumerate(form.budgets) if k != b) or "no other budget"
+            shown = "no policy at all" if low is None else f"at least {format_cost(low, budget.unit)}"
+            raise InfeasibleBudgetError(
+                f"the budgets cannot be met together: under {others_text}, the cheapest {budget.cost} is {shown}, "
+                f"over the budget {budget.spec} ({format_cost(budget.limit, budget.unit)}); relax a budget",
+                cost=budget.cost, limit=budget.limit, cheapest=low, unit=budget.unit)
+    # the bounds were not conclusive: the exact cheapest costs, from the MIP
+    _raise_infeasible_joint(form, "highs", None)
 
 
 def _raise_infeasible_single(form, b):

@@ -129,7 +129,7 @@ def _extension(form, pairs, region):
     return extend
 
 
-def solve_exact(problem, *, solver="highs", time_limit=None, mip_gap=None, threads=None, verbose=False,
+def solve_exact(problem, *, solver="highs", time_limit=None, gap=None, threads=None, verbose=False,
                 region=None) -> ILPSolution:
     """The IQP of ``problem`` (layer granularity) by linearisation; ``region``: (anchor
     policy, radius) restricts it to policies within ``radius`` units of the anchor."""
@@ -143,7 +143,7 @@ def solve_exact(problem, *, solver="highs", time_limit=None, mip_gap=None, threa
         anchor, radius = region
         anchor_region = (_unit_weight_choices(problem.space, anchor), int(radius))
     info = {"build_seconds": round(time.perf_counter() - started, 4), "products": len(pairs) * form.n_w ** 2}
-    solution = ilp._run_mip(form, solver, time_limit, 0.0 if mip_gap is None else float(mip_gap), threads, verbose,
+    solution = ilp._run_mip(form, solver, time_limit, 0.0 if gap is None else float(gap), threads, verbose,
                             info, started, extend=_extension(form, pairs, anchor_region),
                             objective_of=lambda policy: table.predicted_loss(problem.space, policy))
     return solution
@@ -287,7 +287,9 @@ class IQPSearcher(BaseSearcher):
     # --- solving -------------------------------------------------------------------------
     def _ilp_settings(self) -> dict:
         c = self.config
-        return {"solver": c.solver, "time_limit": c.time_limit, "mip_gap": c.mip_gap, "threads": c.threads,
+        # the ILP's gap: this searcher's mip_gap, exact (0) when it gives none
+        return {"solver": c.solver, "time_limit": c.time_limit, "gap": 0.0 if c.mip_gap is None else c.mip_gap,
+                "threads": c.threads,
                 "verbose": c.verbose}
 
     def _path(self, problem) -> str:

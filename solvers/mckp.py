@@ -109,9 +109,14 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
     # --- 1. sort by cost (then value), drop dominated choices, keep the lower hull ----------
     Cm = np.where(valid, C, np.inf)
     Vm = np.where(valid, V, np.inf)
-    order = np.lexsort((Vm, Cm))  # per row (last axis): by cost, then value
-    Cs = np.take_along_axis(Cm, order, axis=1)
-    Vs = np.take_along_axis(Vm, order, axis=1)
+    if m == 1 or bool(np.all(Cm[:, 1:] > Cm[:, :-1])):
+        # already sorted by cost (the usual layout: widths in increasing order): no sort
+        order = np.broadcast_to(np.arange(m), (n, m))
+        Cs, Vs = Cm, Vm
+    else:
+        order = np.lexsort((Vm, Cm))  # per row (last axis): by cost, then value
+        Cs = np.take_along_axis(Cm, order, axis=1)
+        Vs = np.take_along_axis(Vm, order, axis=1)
     ok = np.isfinite(Cs)
     best_before = np.minimum.accumulate(np.concatenate([np.full((n, 1), np.inf), Vs[:, :-1]], axis=1), axis=1)
     keep = ok & (Vs < best_before)
@@ -134,6 +139,7 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
         with np.errstate(invalid="ignore"):
             above = (Vs - vp) * (cq - cp) >= (vq - vp) * (Cs - cp)
         drop = inner & above
+        del p, q, cp, vp, cq, vq, above, marked, marked_next, nxt
         if not drop.any():
             break
         keep &= ~drop
@@ -155,31 +161,52 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
     if eff.size:
         # within a unit the efficiencies decrease; make that hold in floating point too,
         # so that the global order takes each unit's steps in hull order
-        starts = np.r_[True, s_unit[1:] != s_unit[:-1]]
+        same = s_unit[1:] == s_unit[:-1]
         for _ in range(m):
-            lower = np.r_[np.inf, eff[:-1]]
-            fixed = np.where(starts, eff, np.minimum(eff, lower))
-            if np.array_equal(fixed, eff):
+            rising = np.flatnonzero(same & (eff[1:] > eff[:-1])) + 1
+            if rising.size == 0:
                 break
-            eff = fixed
+            eff[rising] = eff[rising - 1]
+        del same
+    # each unit's steps in hull order (row-major), to find a unit's point after k steps
+    step_start = np.concatenate([[0], np.cumsum(np.bincount(s_unit, minlength=n))[:-1]])
+    hull_to = s_to.copy()
     order_steps = np.argsort(-eff, kind="stable")  # ties: unit order, then hull order
     s_unit, s_from, s_to, dc, dv, eff = (a[order_steps] for a in (s_unit, s_from, s_to, dc, dv, eff))
+    del order_steps
     room = capacity - cheapest
     cum_dc = np.cumsum(dc)
     taken = int(np.searchsorted(cum_dc, room, side="right")) if eff.size else 0
+    every = np.arange(n)
 
     def hull_choice(count: int) -> np.ndarray:
-        pos = np.zeros(n, dtype=int)  # sorted-column index of each unit's choice
-        if count:
-            np.maximum.at(pos, s_unit[:count], s_to[:count])
-        return pos
+        """The sorted-column index of each unit's choice after the first ``count`` steps."""
+        k = np.bincount(s_unit[:count], minlength=n)
+        return np.where(k > 0, hull_to[np.minimum(step_start + k - 1, max(hull_to.size - 1, 0))], 0) \
+            if hull_to.size else np.zeros(n, dtype=int)
 
+    def cost_after(count: int) -> float:
+        return math.fsum(Cs[every, hull_choice(count)])
+
+    total_cost = cost_after(taken)
+    if total_cost > capacity and taken > 0:
+        # floating-point guard on the cumulative sum: the largest prefix that fits exactly,
+        # by bisection inside the band the cumulative sum's rounding can reach
+        band = 4 * np.finfo(float).eps * float(np.abs(dc).sum()) * max(1.0, math.log2(max(dc.size, 2)))
+        low = int(np.searchsorted(cum_dc, room - band, side="right"))
+        low = max(0, min(low, taken) - 1)
+        while low > 0 and cost_after(low) > capacity:
+            low = max(0, low - max(1, (taken - low)))
+        high = taken  # cost_after(high) > capacity >= cost_after(low)
+        while high - low > 1:
+            mid = (low + high) // 2
+            if cost_after(mid) <= capacity:
+                low = mid
+            else:
+                high = mid
+        taken = low
+        total_cost = cost_after(taken)
     pos = hull_choice(taken)
-    total_cost = math.fsum(Cs[np.arange(n), pos])
-    while total_cost > capacity and taken > 0:  # floating-point guard on the cumulative sum
-        taken -= 1
-        pos = hull_choice(taken)
-        total_cost = math.fsum(Cs[np.arange(n), pos])
     incumbent = pos.copy()
     upper = math.fsum(Vs[np.arange(n), pos])
     if taken == eff.size:  # every unit at its best hull point: the budget does not bind
@@ -210,7 +237,7 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
         lower = lp_bound
 
     eps = 1e-12 * (abs(upper) + abs(lower)) + 1e-300
-    tol = max(gap * abs(upper), eps)
+    tol = max(gap * min(abs(upper), abs(lower)), eps)  # never more than gap of the final objective
     nodes = 0
     core_units = 0
     status = "optimal"
@@ -231,7 +258,7 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
             improved_value = math.fsum(Vs[np.arange(n), improved])
             if improved_cost <= capacity and improved_value < upper:
                 incumbent, upper, total_cost = improved, improved_value, improved_cost
-                tol = max(gap * abs(upper), eps)
+                tol = max(gap * min(abs(upper), abs(lower)), eps)  # never more than gap of the final objective
     if upper - lower > tol:
         delta = upper - lagrangian
         survive = useful & (reduced < delta - tol)
@@ -262,6 +289,8 @@ def solve_mckp(values, costs, capacity: float, *, gap: float = 0.0, max_nodes: i
             cand_value = math.fsum(Vs[np.arange(n), candidate])
             if cand_cost <= capacity and cand_value < upper:
                 incumbent, upper, total_cost = candidate, cand_value, cand_cost
+                if solved is not None:  # the dynamic program is exact over every improving assignment
+                    lower = max(lower, upper)
         if complete:
             lower = max(lower, upper - tol)
         else:

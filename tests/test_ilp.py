@@ -22,6 +22,7 @@ from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError, Searc
 from bitsearch.problem import Problem
 from bitsearch.sensitivity.table import SensitivityTable
 from bitsearch.solvers.ilp import ILPSearcher, build_formulation, mckp_applies
+from bitsearch.solvers.ilp import separable as separable_form
 from bitsearch.space import Layer, Pin, SearchSpace
 from bitsearch.tabular import load_problem
 
@@ -68,7 +69,7 @@ def test_hawq_v3_resnet18_reproduced(tmp_path, method, solver):
     for kind, frac in HAWQ_CASES:
         cost = "size" if kind == "modelsize" else kind
         problem = load_problem(path, [f"{cost}=frac:{frac}"])
-        result = ILPSearcher(method=method, solver=solver).search(problem)
+        result = ILPSearcher(method=method, solver=solver, gap=0).search(problem)  # HAWQ-V3 solves exactly
         got = [result.policy[name].weight_bits for name in names]
         assert got == published[f"{kind}_{frac}"], f"{kind} {frac} ({method}/{solver})"
         assert result.info["gap"] <= 1e-9
@@ -83,7 +84,7 @@ def test_hawq_v3_size_from_params_gives_the_same_configurations(tmp_path):
     path = hawq_problem_file(tmp_path, explicit_size=False)
     for frac in ("0.25", "0.5", "0.75"):
         problem = load_problem(path, [f"size=frac:{frac}"])
-        result = ILPSearcher().search(problem)
+        result = ILPSearcher(gap=0).search(problem)
         assert [result.policy[n].weight_bits for n in names] == published[f"modelsize_{frac}"]
 
 
@@ -164,11 +165,14 @@ def test_exact_against_enumeration(case):
                                  pinned=pinned, budgets=budgets, latency=latency)
         assert problem.space.num_policies() <= 6_000
         best = enumerate_best(problem)
-        for method, solver in (("auto", "highs"), ("mip", "highs"), ("mip", "cbc")):
+        separable = separable_form(build_formulation(problem))[0]
+        for method, solver in (("auto", "highs"), ("lagrangian", "highs"), ("mip", "highs"), ("mip", "cbc")):
             if solver == "cbc" and seed:
                 continue  # CBC runs as a subprocess: one seed per case keeps this quick
+            if method == "lagrangian" and not separable:
+                continue
             try:
-                result = ILPSearcher(method=method, solver=solver).search(problem)
+                result = ILPSearcher(method=method, solver=solver, gap=0).search(problem)
             except InfeasibleBudgetError:
                 assert best is None
                 continue
@@ -187,7 +191,7 @@ def test_widest_kernel_pays_with_more_kernels(latency):
         problem = random_problem(100 + seed, granularity="kernel", act_bits=(4, 8), tied=False, pinned=False,
                                  budgets=("latency=frac:0.4",), latency=latency, shape=(2, 4))
         best = enumerate_best(problem)
-        result = ILPSearcher().search(problem)
+        result = ILPSearcher(gap=0).search(problem)
         assert result.info["method"] == "mip"
         assert result.metrics["sensitivity"] == pytest.approx(best, rel=1e-9, abs=1e-12)
 
@@ -202,10 +206,10 @@ def test_cbc_is_exact_on_small_objective_differences():
     table = SensitivityTable((2, 3, 4, 8), weight)
     for budget in ("bops=frac:0.4", "size=frac:0.3"):
         problem = Problem.build(space, (budget,), sensitivity=table)
-        exact = ILPSearcher(method="mckp").search(problem)
+        exact = ILPSearcher(method="mckp", gap=0).search(problem)
         assert exact.info["status"] == "optimal"
         for solver in ("cbc", "highs"):
-            result = ILPSearcher(method="mip", solver=solver).search(problem)
+            result = ILPSearcher(method="mip", solver=solver, gap=0).search(problem)
             assert result.metrics["sensitivity"] == pytest.approx(exact.metrics["sensitivity"], rel=1e-13), solver
 
 
@@ -216,7 +220,7 @@ def test_auto_picks_the_knapsack_when_it_applies():
     result = ILPSearcher().search(small_problem(("size=3bit",), "kernel"))
     assert result.info["method"] == "mckp"
     result = ILPSearcher().search(small_problem(("size=3bit", "bops=4bit"), "kernel"))
-    assert result.info["method"] == "mip" and "budgets" in result.info["mckp_skipped"]
+    assert result.info["method"].startswith("lagrangian")
     with pytest.raises(SearcherUnsupportedError, match="does not apply"):
         ILPSearcher(method="mckp").search(small_problem(("size=3bit", "bops=4bit"), "layer"))
 
@@ -248,7 +252,7 @@ def test_budget_on_a_hair_is_kept(monkeypatch):
         cost = base.costs["size"].cost(base.space, free.policy)
         for rel in (1e-15, 1e-12, 1e-10, 1e-8):
             problem = small_problem((f"size={cost * (1 - rel)}",), granularity)
-            for method in ("mckp", "mip"):
+            for method in ("mckp", "lagrangian", "mip"):
                 result = ILPSearcher(method=method).search(problem)
                 assert result.costs["size"] <= problem.budgets[0].limit
 
@@ -279,15 +283,15 @@ def test_tightening_repairs_a_solver_that_slips(monkeypatch):
     for granularity in ("layer", "kernel"):
         calls["n"] = 0
         base = small_problem(("size=8bit",), granularity)
-        free = ILPSearcher(method="mip").search(base)
+        free = ILPSearcher(method="mip", gap=0).search(base)
         limit = base.costs["size"].cost(base.space, free.policy) * (1 - 1e-9)
         monkeypatch.setattr(ilp, "_solve_mip", loose_first)
         problem = small_problem((f"size={limit!r}",), granularity)
-        result = ILPSearcher(method="mip").search(problem)
+        result = ILPSearcher(method="mip", gap=0).search(problem)
         monkeypatch.setattr(ilp, "_solve_mip", real)
         assert problem.fits(result.policy)
         assert result.info["tightened"] >= 1, granularity
-        exact = ILPSearcher(method="mip").search(problem)
+        exact = ILPSearcher(method="mip", gap=0).search(problem)
         assert result.metrics["sensitivity"] == pytest.approx(exact.metrics["sensitivity"], rel=1e-9)
 
 
@@ -321,7 +325,7 @@ def test_budgets_infeasible_together():
 def test_unknown_solver_lists_the_known_ones():
     with pytest.raises(SearcherSettingsError, match="highs, cbc"):
         ILPSearcher(solver="gurobi-free")
-    with pytest.raises(SearcherSettingsError, match="auto, mckp, mip"):
+    with pytest.raises(SearcherSettingsError, match="auto, mckp, lagrangian, mip"):
         ILPSearcher(method="greedy")
     with pytest.raises(SearcherSettingsError):
         ILPSearcher(time_limit=-1)

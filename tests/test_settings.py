@@ -231,13 +231,13 @@ def test_a_bench_with_bad_settings_fails_before_its_first_run(tmp_path, capsys):
 def test_set_reads_each_value_as_its_settings_type(problem_file, tmp_path, capsys):
     out = tmp_path / "p.json"
     code = main(["search", "--problem", str(problem_file), "--searcher", "ilp", "--budget", "size=3bit",
-                 "--set", "time_limit=30", "--set", "mip-gap=none", "--set", "verbose=false", "--set", "refine=1",
+                 "--set", "time_limit=none", "--set", "gap=1e-6", "--set", "verbose=false", "--set", "refine=1",
                  "--out", str(out), "--json"])
     assert code == 0, capsys.readouterr().err
     settings = json.loads(out.read_text())["search"]["settings"]
-    assert settings["time_limit"] == 30.0 and settings["mip_gap"] is None and settings["refine"] == 1
+    assert settings["time_limit"] is None and settings["gap"] == 1e-6 and settings["refine"] == 1
     for bad, words in (("temperature=3", "has no settings named 'temperature'"), ("solver", "expected KEY=VALUE"),
-                       ("method=greedy", "method must be one of auto, mckp, mip (got 'greedy')"),
+                       ("method=greedy", "method must be one of auto, mckp, lagrangian, mip (got 'greedy')"),
                        ("verbose=maybe", "verbose must be true or false (got 'maybe')")):
         code = main(["search", "--problem", str(problem_file), "--searcher", "ilp", "--budget", "size=3bit",
                      "--set", bad])

@@ -51,12 +51,18 @@ _OPTIONS = (("out", "--out", ("run",)), ("resume", "--resume", ("run",)), ("jobs
 
 
 def register(subparsers) -> None:
-    from ..bench import suite_format
+    def epilog():
+        from ..bench import suite_format
+
+        return suite_format() + EPILOG_TAIL
 
     p = subparsers.add_parser(
         "bench", help="run a benchmark suite: searchers x budgets x seeds, with report and plots",
-        usage=USAGE, description=DESCRIPTION, epilog=suite_format() + EPILOG_TAIL,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        usage=USAGE, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if hasattr(p, "epilog_factory"):  # the suite format is built when this help is shown
+        p.epilog_factory = epilog
+    else:  # pragma: no cover - a plain argparse parser
+        p.epilog = epilog()
     p.add_argument("what", nargs="+", metavar="SUITE | table DIR | report SUITE DIR",
                    help="the suite file (TOML; format below), or an action and its arguments")
     run = p.add_argument_group("running a suite")

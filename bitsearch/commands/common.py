@@ -67,19 +67,26 @@ def space_options(args):
                         act_bits=parse_bits(args.act_bits, allow_none=True), pin_first_last=args.pin_first_last)
 
 
-def print_result(problem, policy, metrics, costs) -> None:
-    """A policy layer by layer, its costs against the problem's budgets, and its metrics."""
+SUMMARY_PAST = 40  # layers; a larger policy is printed as a summary unless --verbose
+
+
+def print_result(problem, policy, metrics, costs, *, verbose: bool = False) -> None:
+    """A policy layer by layer (a summary of its widths past ``SUMMARY_PAST`` layers, unless
+    ``verbose``), its costs against the problem's budgets, and its metrics."""
     from ..budget import format_cost
 
     space = problem.space
-    for layer in space.layers:
-        b = policy[layer.name]
-        if b.per_kernel:
-            wtxt = f"mean {b.mean_weight_bits:.2f} (min {min(b.weight_bits)}, max {max(b.weight_bits)})"
-        else:
-            wtxt = str(b.weight_bits)
-        atxt = "float" if b.act_bits is None else str(b.act_bits)
-        print(f"  {layer.name:<28} weights {wtxt:<28} acts {atxt}")
+    if verbose or len(space.layers) <= SUMMARY_PAST:
+        for layer in space.layers:
+            b = policy[layer.name]
+            if b.per_kernel:
+                wtxt = f"mean {b.mean_weight_bits:.2f} (min {min(b.weight_bits)}, max {max(b.weight_bits)})"
+            else:
+                wtxt = str(b.weight_bits)
+            atxt = "float" if b.act_bits is None else str(b.act_bits)
+            print(f"  {layer.name:<28} weights {wtxt:<28} acts {atxt}")
+    else:
+        print_summary(space, policy)
     budgets = {b.cost: b for b in problem.budgets}
     parts = []
     for name, value in costs.items():
@@ -103,6 +110,65 @@ def check_outputs(*options: tuple[str, str | None]) -> None:
     for option, path in options:
         if path:
             check_output(path, parents=False, what=option)
+
+
+def print_summary(space, policy) -> None:
+    """How many weight units (and what share of the weights) each width got, and the
+    activation widths: a few lines for a policy of any size."""
+    import numpy as np
+
+    units = np.zeros(65, dtype=np.int64)
+    weights = np.zeros(65)
+    uniform_units: dict = {}
+    uniform_weights: dict = {}
+    acts: dict = {}
+    per_layer_units = space.granularity == "layer"
+    for layer in space.layers:
+        b = policy[layer.name]
+        acts[b.act_bits] = acts.get(b.act_bits, 0) + 1
+        w = b.weight_bits
+        if w.__class__ is tuple:
+            counts = np.bincount(np.asarray(w, dtype=np.int64), minlength=65)[:65]
+            units += counts
+            weights += counts * (layer.params / layer.kernels)
+        else:
+            uniform_units[w] = uniform_units.get(w, 0) + (1 if per_layer_units else layer.kernels)
+            uniform_weights[w] = uniform_weights.get(w, 0) + layer.params
+    for w, n in uniform_units.items():
+        units[w] += n
+        weights[w] += uniform_weights[w]
+    n_units = int(units.sum())
+    total = float(weights.sum()) or 1.0
+    what = "kernels" if space.granularity == "kernel" else "layers"
+    counted = f"{len(space.layers):,} layers" + (f", {n_units:,} kernels" if what == "kernels" else "")
+    print(f"  {counted}: the widths in a summary (--verbose lists every layer)")
+    print(f"  {'weight bits':>11}  {what:>12}  {'share':>6}  {'of weights':>10}")
+    for w in np.flatnonzero(units).tolist():
+        print(f"  {w:>11}  {int(units[w]):>12,}  {units[w] / n_units:>6.1%}  {weights[w] / total:>10.1%}")
+    mean = float((np.arange(65) * weights).sum() / total)
+    shown = ", ".join(f"{'float' if a is None else a} ({n:,} layers)" for a, n in
+                      sorted(acts.items(), key=lambda item: (item[0] is None, item[0] or 0)))
+    print(f"  mean weight width {mean:.3f} bits (over the weights); activations {shown}")
+
+
+def print_solve(info) -> None:
+    """The solver's account, when it gives one: objective, proven bound and gap, the
+    method, and which budgets bind."""
+    if not isinstance(info, dict) or info.get("objective") is None:
+        return
+    parts = [f"objective {info['objective']:.10g}"]
+    if info.get("bound") is not None:
+        parts.append(f"bound {info['bound']:.10g}")
+    if info.get("gap") is not None:
+        parts.append(f"proven gap {info['gap']:.2g}")
+    line = ", ".join(parts) + (f" ({info['method']}" + (f", {info['status']}" if info.get("status") else "") + ")"
+                               if info.get("method") else "")
+    print(line)
+    if info.get("budgets"):
+        binding = [b["spec"] for b in info["budgets"] if b.get("binding")]
+        unknown = all(b.get("binding") is None for b in info["budgets"])
+        if not unknown:
+            print("binding budgets: " + (", ".join(binding) if binding else "none (every budget has room)"))
 
 
 def write_output(text: str, out: str | None, detail: str = "") -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ..progress import limit_threads, progress_enabled
-from .common import print_result, threads_arg
+from .common import SUMMARY_PAST, print_result, threads_arg
 
 
 def register(subparsers) -> None:
@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=threads_arg, default=None, metavar="N",
                    help="torch CPU threads, at most the machine's cores (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--verbose", action="store_true",
+                   help=f"list every layer (default: a summary of the widths past {SUMMARY_PAST} layers)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -67,7 +69,7 @@ def cmd_eval(args) -> int:
         print(json.dumps({"policy": args.policy, "task": task.name, "costs": costs, "metrics": metrics,
                           "metric_kind": kind}, indent=2))
         return 0
-    print_result(problem, policy, metrics, costs)
+    print_result(problem, policy, metrics, costs, verbose=args.verbose)
     if kind:
         print(f"metric kind: {kind}")
     return 0

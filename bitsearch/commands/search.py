@@ -7,7 +7,8 @@ import json
 
 from ..errors import UserInputError
 from ..progress import SearchProgress, limit_threads, progress_enabled
-from .common import add_space_options, check_outputs, print_result, seed_arg, space_options, threads_arg
+from .common import SUMMARY_PAST, add_space_options, check_outputs, print_result, print_solve, seed_arg, space_options, \
+    threads_arg
 
 EXAMPLES = """\
 examples:
@@ -38,8 +39,9 @@ def register(subparsers) -> None:
                                           "and write the policy JSON.", epilog=EPILOG)
     src = p.add_argument_group("what to search")
     src.add_argument("--task", help="a built-in task (bitsearch tasks) or package.module:factory")
-    src.add_argument("--problem", metavar="FILE", help="a tabular problem file (bitsearch-problem JSON); "
-                                                       "runs without torch")
+    src.add_argument("--problem", metavar="FILE", help="a tabular problem file: bitsearch-problem JSON, or "
+                                                       "the columnar .npz form for large problems; runs "
+                                                       "without torch")
     src.add_argument("--searcher", required=True, help="which searcher (bitsearch searchers)")
     src.add_argument("--budget", action="append", default=[], metavar="COST=VALUE",
                      help="a budget; repeat for several (see below)")
@@ -67,6 +69,8 @@ def register(subparsers) -> None:
     o.add_argument("--out", metavar="FILE", help="write the policy JSON here (a new or regular file in an existing folder)")
     o.add_argument("--write-problem", metavar="FILE", help="also write the problem as a tabular problem file")
     o.add_argument("--json", action="store_true", help="print the result as JSON")
+    o.add_argument("--verbose", action="store_true",
+                   help=f"list every layer (default: a summary of the widths past {SUMMARY_PAST} layers)")
     p.set_defaults(func=cmd_search)
 
 
@@ -105,7 +109,8 @@ def cmd_search(args) -> int:
         print(json.dumps({**result.summary(), "policy": result.policy.to_dict(),
                           "out": args.out}, indent=2, default=str))
         return 0
-    print_result(problem, result.policy, result.metrics, result.costs)
+    print_result(problem, result.policy, result.metrics, result.costs, verbose=args.verbose)
+    print_solve(result.info)
     print(f"searcher {result.searcher} (seed {result.seed}): {result.evaluations} evaluations, "
           f"{result.seconds:.2f} s" + (" (stopped early)" if result.stopped_early else ""))
     if args.out:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..space import FLOAT_BITS, Layer
 from .base import CostModel, effective_act_bits
+
+# Each model's _layer_column is its layer_cost over every layer at once, written with the
+# same operations in the same order on int64 / float64 arrays, so that it gives the same
+# floats (tests/test_costs.py checks it); integer products stay exact in int64.
 
 
 class SizeCost(CostModel):
@@ -25,6 +31,11 @@ class SizeCost(CostModel):
         scales = 0 if weight_bits >= FLOAT_BITS else layer.kernels * self.scale_bits
         return float(layer.params * weight_bits + scales + layer.bias_params * FLOAT_BITS)
 
+    def _layer_column(self, space, weight_bits, act_bits):
+        f = space.layer_facts()
+        scales = 0 if weight_bits >= FLOAT_BITS else f["kernels"] * self.scale_bits
+        return (f["params"] * weight_bits + scales + f["bias_params"] * FLOAT_BITS).astype(float)
+
 
 class BopsCost(CostModel):
     """Bit operations per sample: MACs x weight bits x activation bits (float: 32)."""
@@ -34,6 +45,9 @@ class BopsCost(CostModel):
 
     def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
         return float(layer.macs * weight_bits * effective_act_bits(act_bits))
+
+    def _layer_column(self, space, weight_bits, act_bits):
+        return (space.layer_facts()["macs"] * weight_bits * effective_act_bits(act_bits)).astype(float)
 
 
 # 45 nm energies per operation, pJ (Horowitz, "Computing's energy problem", ISSCC 2014).
@@ -88,6 +102,24 @@ class EnergyCost(CostModel):
         dram = layer.params * weight_bits / 32.0 * DRAM_READ_32BIT_PJ
         return layer.macs * compute + sram + dram
 
+    def _layer_column(self, space, weight_bits, act_bits):
+        f = space.layer_facts()
+        macs, params = f["macs"], f["params"]
+        if act_bits is None:
+            compute = np.float64(FP32_MULT_PJ + FP32_ADD_PJ)
+            operand_bits = weight_bits + FLOAT_BITS
+        else:
+            fan_in = np.maximum(1, params // np.maximum(1, f["kernels"]))
+            values, inverse = np.unique(fan_in, return_inverse=True)
+            log_ceil = np.array([math.ceil(math.log2(v)) for v in values.tolist()], dtype=np.int64)[inverse]
+            acc_bits = np.minimum(32, weight_bits + act_bits + log_ceil)
+            adds = np.array([int_add_energy(b) for b in range(33)])
+            compute = int_mult_energy(weight_bits, act_bits) + adds[acc_bits]
+            operand_bits = weight_bits + act_bits
+        sram = macs * operand_bits / 32.0 * SRAM_READ_32BIT_PJ
+        dram = params * weight_bits / 32.0 * DRAM_READ_32BIT_PJ
+        return macs * compute + sram + dram
+
 
 class BitfusionCost(CostModel):
     """Latency in ms on a Bit Fusion style bit-flexible accelerator.
@@ -109,4 +141,10 @@ class BitfusionCost(CostModel):
         w = min(weight_bits, 16)
         a = min(effective_act_bits(act_bits), 16)
         cycles = layer.macs * math.ceil(w / 2) * math.ceil(a / 2) / (16.0 * self.fusion_units)
+        return cycles / self.clock_hz * 1e3
+
+    def _layer_column(self, space, weight_bits, act_bits):
+        w = min(weight_bits, 16)
+        a = min(effective_act_bits(act_bits), 16)
+        cycles = space.layer_facts()["macs"] * math.ceil(w / 2) * math.ceil(a / 2) / (16.0 * self.fusion_units)
         return cycles / self.clock_hz * 1e3

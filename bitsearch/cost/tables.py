@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
+
 from .._io import parse_json, read_text_input
 from ..errors import LatencyTableError, ProblemFileError
 from ..space import Layer, SearchSpace
@@ -229,25 +231,79 @@ class TableCost(CostModel):
 
     ``values[layer][w]`` is the layer's cost with all weights at ``w`` bits; it does not
     depend on activations.  Kernel shares are proportional (``per_kernel = "sum"``).
+    Held as one (layers, widths) array (NaN where a layer has no value):
+    :meth:`from_arrays` builds it from columns without a dict per layer.
     """
 
     def __init__(self, name: str, unit: str, values: Mapping[str, Mapping[int, float]]):
+        names = list(values)
+        widths = sorted({int(w) for table in values.values() for w in table})
+        column = {w: j for j, w in enumerate(widths)}
+        table = np.full((len(names), len(widths)), np.nan)
+        for i, layer in enumerate(names):
+            for w, v in values[layer].items():
+                table[i, column[int(w)]] = float(v)
+        self._init(name, unit, names, widths, table)
+
+    @classmethod
+    def from_arrays(cls, name: str, unit: str, names, widths, table) -> "TableCost":
+        """``table[i, j]``: the cost of layer ``names[i]`` at ``widths[j]`` bits (NaN: none)."""
+        model = cls.__new__(cls)
+        model._init(name, unit, list(names), [int(w) for w in widths], np.array(table, dtype=float))
+        return model
+
+    def _init(self, name, unit, names, widths, table):
         self.name = name
         self.unit = unit
-        self.values = {layer: {int(w): float(v) for w, v in table.items()} for layer, table in values.items()}
+        self.names = names
+        self.widths = tuple(widths)
+        self.table = table
+        self.table.flags.writeable = False
+        self._row = {n: i for i, n in enumerate(names)}
+        self._column = {w: j for j, w in enumerate(self.widths)}
+        self._rows_for = None  # (space, rows of the space's layers in the table)
+
+    @property
+    def values(self) -> dict[str, dict[int, float]]:
+        """``layer -> {width: cost}`` (built on demand from the table)."""
+        rows = self.table.tolist()
+        return {n: {w: v for w, v in zip(self.widths, row) if v == v} for n, row in zip(self.names, rows)}
 
     def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
-        try:
-            return self.values[layer.name][int(weight_bits)]
-        except KeyError:
+        i = self._row.get(layer.name)
+        j = self._column.get(int(weight_bits))
+        value = np.nan if i is None or j is None else float(self.table[i, j])
+        if value != value:
             raise ProblemFileError(f"cost {self.name!r} has no value for layer {layer.name!r} "
-                                   f"at {weight_bits} bits") from None
+                                   f"at {weight_bits} bits")
+        return value
+
+    def _space_rows(self, space: SearchSpace) -> np.ndarray:
+        if self._rows_for is None or self._rows_for[0] is not space:
+            rows = np.fromiter((self._row.get(layer.name, -1) for layer in space.layers), dtype=np.int64,
+                               count=len(space.layers))
+            self._rows_for = (space, rows)
+        return self._rows_for[1]
+
+    def _layer_column(self, space: SearchSpace, weight_bits: int, act_bits: int | None) -> np.ndarray:
+        rows = self._space_rows(space)
+        j = self._column.get(int(weight_bits))
+        if j is None:
+            return np.full(len(rows), np.nan)
+        return np.where(rows >= 0, self.table[np.maximum(rows, 0), j], np.nan)
 
     def validate(self, space: SearchSpace) -> None:
         pins = space.pins
         missing = []
-        for layer in space.layers:
-            widths = [pins[layer.name].weight_bits] if layer.name in pins else space.weight_bits
-            missing += [f"{layer.name}@{w}" for w in widths if w not in self.values.get(layer.name, {})]
+        for j, w in enumerate(space.weight_bits):
+            column = self.layer_column(space, w, None)
+            bad = np.flatnonzero(~np.isfinite(column))
+            missing += [(int(i), w) for i in bad.tolist() if space.layers[i].name not in pins]
+        for name, pin in space.pinned:
+            i = space.index_of(name)
+            if not np.isfinite(self.layer_column(space, pin.weight_bits, None)[i]):
+                missing.append((i, pin.weight_bits))
         if missing:
-            raise ProblemFileError(f"cost {self.name!r} misses {len(missing)} values: {', '.join(missing[:5])}")
+            missing.sort()
+            shown = [f"{space.layers[i].name}@{w}" for i, w in missing[:5]]
+            raise ProblemFileError(f"cost {self.name!r} misses {len(missing)} values: {', '.join(shown)}")

@@ -15,9 +15,10 @@ decision units of :class:`~bitsearch.encoding.Encoding`:
   (always at layer granularity; at kernel granularity for ``per_kernel = "sum"`` models; a
   measured latency table charges a layer its widest kernel, so its unit costs only plan).
 
-The arrays are built with a Python call per (layer, width) pair and numpy for the units,
-so a million kernels cost a gather, not a loop.  The exact cost of a result is still
-``CostModel.cost`` and nothing else.
+The layer costs come from :meth:`CostModel.layer_table` (every layer at once, kept with
+the space: one vectorised expression for the built-in models) and numpy spreads them over
+the units, so 27,000 layers or a million kernels cost a gather, not a loop.  The exact cost
+of a result is still ``CostModel.cost`` and nothing else.
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ class UnitTables:
         return self.pinned + self.costs[:, a, units, weights].sum(axis=1)
 
 
+def _raise_unpriced(space, models, layer_costs, free, acts) -> None:
+    """A layer a model cannot price at some choice (a missing latency entry): its own error."""
+    bad = np.argwhere(~np.isfinite(layer_costs))
+    if bad.size:
+        b, k, w, a = (int(v) for v in bad[0])
+        models[b].layer_cost(space.layers[free[k]], space.weight_bits[w], acts[a])
+
+
 def unit_tables(problem, encoding: Encoding | None = None) -> UnitTables:
     """The planning arrays of ``problem``'s budgets (see the module docstring)."""
     space = problem.space
@@ -89,16 +98,21 @@ def unit_tables(problem, encoding: Encoding | None = None) -> UnitTables:
     n_weight, n_act = len(space.weight_bits), len(acts)
     free = encoding.free_layers.tolist()
     layer_costs = np.zeros((len(budgets), len(free), n_weight, n_act))
+    free_index = encoding.free_layers
     for b, model in enumerate(models):
-        for k, i in enumerate(free):
-            layer = space.layers[i]
-            layer_costs[b, k] = [[model.layer_cost(layer, w, a) for a in acts] for w in space.weight_bits]
+        for j, a in enumerate(acts):
+            layer_costs[b, :, :, j] = model.layer_table(space, space.weight_bits, a)[free_index]
+    _raise_unpriced(space, models, layer_costs, free, acts)
     position = {i: k for k, i in enumerate(free)}
     costs = np.zeros((len(budgets), n_act, encoding.n_weight_units, n_weight))
     if encoding.granularity == "layer":
-        for u, group in enumerate(encoding.groups):  # summed in group order: tied layers share a unit
-            for i in group:
-                costs[:, :, u, :] += layer_costs[:, position[i]].transpose(0, 2, 1)
+        if all(len(group) == 1 for group in encoding.groups):  # no ties: one layer per unit
+            owner = np.asarray([position[group[0]] for group in encoding.groups], dtype=np.int64)
+            costs[:] = layer_costs[:, owner].transpose(0, 3, 1, 2)
+        else:
+            for u, group in enumerate(encoding.groups):  # summed in group order: tied layers share a unit
+                for i in group:
+                    costs[:, :, u, :] += layer_costs[:, position[i]].transpose(0, 2, 1)
     elif encoding.n_weight_units:
         kernels = np.asarray([space.layers[i].kernels for i in free], dtype=float)
         share = layer_costs / kernels[None, :, None, None]                  # (nb, n_free, nw, na)
