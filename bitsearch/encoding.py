@@ -31,6 +31,7 @@ class Encoding:
     Public arrays (all ``int64``; ``n_layers = len(space.layers)``):
 
     ``free_layers`` ``(n_free,)``: the layers that are searched (not pinned), in order.
+    ``free_position`` ``(n_layers,)``: each layer's position in ``free_layers``; -1 when pinned.
     ``unit_layer`` ``(n_units,)``: the (first) layer of each weight unit.
     ``unit_kernel`` ``(n_units,)``: the kernel of a kernel unit in its layer; -1 at layer granularity.
     ``unit_group`` ``(n_units,)``: the activation group (tied group) of each weight unit.
@@ -49,6 +50,8 @@ class Encoding:
         self.n_act_choices = len(space.act_bits) if space.act_searched else 1
         n_layers = len(space.layers)
         self.free_layers = np.asarray(space.free_layers(), dtype=np.int64)
+        self.free_position = np.full(n_layers, -1, dtype=np.int64)
+        self.free_position[self.free_layers] = np.arange(self.free_layers.size)
         layer_group = np.full(n_layers, -1, dtype=np.int64)
         for g, group in enumerate(self.groups):
             layer_group[list(group)] = g

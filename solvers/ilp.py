@@ -68,7 +68,7 @@ from bitsearch.budget import format_cost
 from bitsearch.encoding import Encoding
 from bitsearch.errors import (InfeasibleBudgetError, SearcherSettingsError, SearcherUnsupportedError,
                               SolverTimeoutError)
-from bitsearch.policy import LayerBits, Policy
+from bitsearch.policy import Policy
 from bitsearch.search import BaseSearcher, SearchRun
 from bitsearch.settings import SearcherSettings, setting
 
@@ -114,6 +114,7 @@ class Formulation:
     kernel_slices: dict = field(default_factory=dict)  # layer index -> slice of kernel units
     act_values: np.ndarray | None = None     # (groups, n_a) at kernel granularity when searched
     unit_costs: list = field(default_factory=list)     # per budget: (units, choices) array or None
+    tables: object = None                    # the problem's UnitTables (layer costs for the MIP)
 
     @property
     def space(self):
@@ -149,8 +150,7 @@ def build_formulation(problem) -> Formulation:
     pinned_costs = [float(v) for v in tables.pinned]
     limits = [float(v) for v in tables.free_limits]
     free = encoding.free_layers
-    position = np.full(len(space.layers), -1, dtype=np.int64)
-    position[free] = np.arange(free.size)
+    position = encoding.free_position
     if space.granularity == "layer":
         sens = table.layer_rows(space)                      # (free layers, n_w)
         sens_act = table.act_rows(space)                    # (free layers, n_a) or zeros
@@ -165,7 +165,7 @@ def build_formulation(problem) -> Formulation:
             np.add.at(values, unit_of, layer_values[position[members]])
         unit_costs = [tables.unit_choice_costs(b) for b in range(tables.n_budgets)]
         return Formulation(problem, "layer", space.act_searched, n_w, n_a, groups, values, first,
-                           limits, pinned_costs, unit_costs=unit_costs)
+                           limits, pinned_costs, unit_costs=unit_costs, tables=tables)
     # kernel granularity
     slices = dict(encoding.layer_slices)
     values = table.kernel_rows(space)
@@ -184,7 +184,7 @@ def build_formulation(problem) -> Formulation:
             unit_costs.append(None)  # not separable per kernel: MIP only
     return Formulation(problem, "kernel", space.act_searched, n_w, n_a, groups, values, encoding.unit_layer,
                        limits, pinned_costs, kernel_slices=slices, act_values=act_values,
-                       unit_costs=unit_costs)
+                       unit_costs=unit_costs, tables=tables)
 
 
 def mckp_applies(form: Formulation) -> tuple[bool, str]:
@@ -249,7 +249,6 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
     for u in range(n_units):
         prob += (pulp.LpAffineExpression([(v, 1.0) for v in x[u]]) == 1, f"one_{u}")
     count = n_units
-    acts = _act_choices(space)
     y = None
     layer_blocks: dict[tuple[int, int], list[_Block]] = {}  # (budget, layer) -> blocks (kernel gran.)
     z_vars, m_vars = {}, {}
@@ -309,7 +308,7 @@ def build_mip(form: Formulation, objective_blocks=None, *, skip_budget: int | No
             model = form.problem.costs[budget.cost]
             for i, sl in form.kernel_slices.items():
                 layer = space.layers[i]
-                costs = np.array([[model.layer_cost(layer, w, a) for a in acts] for w in space.weight_bits])
+                costs = form.tables.layer_table(b, i)  # (n_w, n_a): the layer at uniform widths
                 if model.per_kernel == "max":
                     blocks = [_Block([m_vars[i][j][a] for j in range(form.n_w) for a in range(form.n_a)],
                                      costs.ravel(), 1.0)]

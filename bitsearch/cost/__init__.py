@@ -8,7 +8,7 @@ Bit Fusion style accelerator) and ``latency`` (a measured table: see
 from __future__ import annotations
 
 from ..errors import CostModelError
-from .base import CostModel, effective_act_bits, unit_cost_table
+from .base import CostModel, effective_act_bits
 from .models import BitfusionCost, BopsCost, EnergyCost, SizeCost
 from .tables import LatencyTableCost, TableCost
 from .units import UnitTables, unit_tables
@@ -31,4 +31,5 @@ def make_cost_model(name: str, *, latency_table: str | None = None) -> CostModel
 
 
 __all__ = ["CostModel", "SizeCost", "BopsCost", "EnergyCost", "BitfusionCost", "LatencyTableCost",
-           "TableCost", "make_cost_model", "unit_cost_table", "unit_tables", "UnitTables", "effective_act_bits", "ANALYTIC", "COST_NAMES"]
+           "TableCost", "make_cost_model", "unit_tables", "UnitTables", "effective_act_bits", "ANALYTIC",
+           "COST_NAMES"]

@@ -12,8 +12,8 @@ From that one number everything else follows:
 * for a model that is not (``per_kernel = "max"``: measured latency tables), the
   layer runs at the width of its widest kernel.
 
-Searchers that need tables (the ILP, the env) read them with :func:`unit_cost_table`
-or, for every layer at once, :meth:`CostModel.layer_table`; the reference cost of a
+Searchers plan with the arrays of :func:`bitsearch.cost.unit_tables` (every budget over
+the decision units, built on :meth:`CostModel.layer_table`); the reference cost of a
 policy is :meth:`CostModel.cost` and nothing else.
 
 Costs are computed on arrays: :meth:`CostModel.layer_column` gives the cost of every layer
@@ -224,17 +224,3 @@ class CostModel(ABC):
 
 def effective_act_bits(act_bits: int | None) -> int:
     return FLOAT_BITS if act_bits is None else int(act_bits)
-
-
-def unit_cost_table(model: CostModel, space: SearchSpace, layer: Layer,
-                    act_bits: int | None) -> np.ndarray:
-    """Cost of one decision unit of ``layer`` at each weight choice of the space.
-
-    At layer granularity the unit is the layer; at kernel granularity (for ``sum``
-    models) it is one kernel, which pays ``layer_cost / kernels``.  Searchers use these
-    tables to plan; the exact cost of their result is always taken from ``model.cost``.
-    """
-    full = np.array([model.layer_cost(layer, w, act_bits) for w in space.weight_bits], dtype=float)
-    if space.granularity == "kernel":
-        return full / layer.kernels
-    return full

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -58,11 +57,7 @@ class UnitTables:
 
     def layer_table(self, b: int, layer: int) -> np.ndarray:
         """``(n_weight, n_act)`` cost of layer index ``layer`` (a free layer) under budget ``b``."""
-        return self.layer_costs[b, self._free_position[layer]]
-
-    @cached_property
-    def _free_position(self) -> dict:
-        return {int(i): k for k, i in enumerate(self.encoding.free_layers)}
+        return self.layer_costs[b, self.encoding.free_position[layer]]
 
     def unit_choice_costs(self, b: int) -> np.ndarray:
         """``(n_units, n_weight * n_act)``: each unit's cost at every (weight, activation)
@@ -103,7 +98,7 @@ def unit_tables(problem, encoding: Encoding | None = None) -> UnitTables:
         for j, a in enumerate(acts):
             layer_costs[b, :, :, j] = model.layer_table(space, space.weight_bits, a)[free_index]
     _raise_unpriced(space, models, layer_costs, free, acts)
-    position = {i: k for k, i in enumerate(free)}
+    position = encoding.free_position
     costs = np.zeros((len(budgets), n_act, encoding.n_weight_units, n_weight))
     if encoding.granularity == "layer":
         if all(len(group) == 1 for group in encoding.groups):  # no ties: one layer per unit
@@ -116,8 +111,7 @@ def unit_tables(problem, encoding: Encoding | None = None) -> UnitTables:
     elif encoding.n_weight_units:
         kernels = np.asarray([space.layers[i].kernels for i in free], dtype=float)
         share = layer_costs / kernels[None, :, None, None]                  # (nb, n_free, nw, na)
-        unit_free = np.asarray([position[i] for i in free], dtype=np.int64)
-        owner = np.repeat(unit_free, kernels.astype(np.int64))             # free position of each unit
+        owner = np.repeat(np.arange(len(free)), kernels.astype(np.int64))  # free position of each unit
         costs[:] = share.transpose(0, 3, 1, 2)[:, :, owner, :]
     pins = space.pins
     pinned = np.array([math.fsum(model.layer_cost(layer, pins[layer.name].weight_bits, pins[layer.name].act_bits)
