@@ -224,6 +224,8 @@ def problem_for_trained(trained: TrainedModel, space_options: SpaceOptions | Sea
         source = model_evaluator if not options.finetune_epochs else trained.evaluator()
         sensitivity = sensitivity_module.estimate(source, space, options.sensitivity,
                                                   **options.sensitivity_settings)
+    if evaluator is not None:
+        evaluator.float_metrics()  # a metric evaluate does not return fails here, before any search
     problem = Problem.build(space, options.budgets, evaluator=evaluator, sensitivity=sensitivity,
                             latency_table=options.latency_table, task=trained.name)
     problem.info["width_mult"] = 1.0
@@ -232,12 +234,167 @@ def problem_for_trained(trained: TrainedModel, space_options: SpaceOptions | Sea
     return problem
 
 
+def load_state_dict_file(path) -> dict:
+    """The state dict in ``path`` (``torch.load(..., weights_only=True)``): a mapping of
+    tensors, or a checkpoint holding one under ``state_dict`` or ``model``; a
+    ``module.`` prefix on every key (``DataParallel``) is dropped."""
+    import os
+
+    import torch
+
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise UserInputError(f"--weights {path}: no such file")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserInputError(f"--weights {path}: not a file torch.load(weights_only=True) can read "
+                             f"({type(exc).__name__}); save one with torch.save(model.state_dict(), FILE)") from None
+    if isinstance(saved, dict) and not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        for key in ("state_dict", "model"):
+            if isinstance(saved.get(key), dict):
+                saved = saved[key]
+                break
+    if not isinstance(saved, dict) or not saved or not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        raise UserInputError(f"--weights {path}: expected a state_dict (a mapping of parameter names to tensors, "
+                             f"as torch.save(model.state_dict(), FILE) writes), got {type(saved).__name__}")
+    if all(k.startswith("module.") for k in saved):
+        saved = {k[len("module."):]: v for k, v in saved.items()}
+    return saved
+
+
+def _last_linear(model):
+    from torch import nn
+
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
+
+
+def load_weights(model, state: dict, *, source: str = "the weights"):
+    """Load ``state`` into ``model`` (strictly), after giving the last linear layer (the
+    classifier) the number of outputs the state dict has, when only that differs (a
+    ResNet-18 trained on 10 classes into torchvision's 1,000-class architecture).
+    Returns ``(model, note)``; a state dict that does not fit is one line naming the first
+    differences."""
+    from torch import nn
+
+    note = ""
+    last = _last_linear(model)
+    weight = state.get(f"{last}.weight") if last else None
+    if last and weight is not None and weight.dim() == 2:
+        module = model.get_submodule(last)
+        if weight.shape[1] == module.in_features and weight.shape[0] != module.out_features:
+            parent_name, _, child = last.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, nn.Linear(module.in_features, int(weight.shape[0]), bias=module.bias is not None))
+            note = f"{last} has {int(weight.shape[0])} outputs, as in {source}"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} is {tuple(state[k].shape)} there but {tuple(own[k].shape)} in the model" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("; ".join(shapes[:3]) + (f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else ""))
+        if missing:
+            parts.append(f"missing {', '.join(missing[:4])}" + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""))
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:4])}"
+                         + (f" (and {len(unexpected) - 4} more)" if len(unexpected) > 4 else ""))
+        raise UserInputError(f"{source} does not fit this architecture: " + "; ".join(parts))
+    model.load_state_dict(state)
+    return model.eval(), note
+
+
+def _task_data_metrics(x, y, model) -> dict:
+    from .tasks import evaluate_model
+
+    metrics = evaluate_model(model, x, y)
+    return {"top1": float(metrics["top1"]), "loss": float(metrics["loss"])}
+
+
+def model_from_task(task, *, weights=None, data=None, width_mult: float = 1.0, scoring: bool = True) -> TrainedModel:
+    """A task's architecture with weights you bring (``--weights FILE``: a state_dict) and
+    scored on data you bring (``--data imagefolder:DIR``) or on the task's own data.
+
+    Without ``weights`` the task's trained float model is used (so ``--data`` alone scores
+    a built-in model on other images).  A shape-only task (resnet18...) needs both, unless
+    ``scoring`` is False (costs only: the architecture with the state dict's classifier).
+    The model is named like the task (policies for it fit the task's architecture)."""
+    import functools
+    import hashlib
+    import os
+
+    from ._io import stable_hash
+    from .tasks.base import check_width_mult
+
+    width_mult = check_width_mult(width_mult)
+    name = task.name if width_mult == 1.0 else f"{task.name}@x{width_mult:g}"
+    notes = []
+    if data is not None:
+        from .data import parse_data
+
+        data = parse_data(data) if isinstance(data, str) else data  # a bad --data fails before any work
+    if weights is not None:
+        state = load_state_dict_file(weights)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = task.build_model(width_mult)
+        model, note = load_weights(model, state, source=f"--weights {weights}")
+        notes += [note] if note else []
+        with open(os.path.expanduser(str(weights)), "rb") as handle:
+            weights_key = hashlib.sha256(handle.read()).hexdigest()[:16]
+    elif task.shape_only:
+        raise UserInputError(f"task {task.name!r} has no trained weights: give --weights FILE (a state_dict for its "
+                             "architecture)" + ("" if data else " and --data imagefolder:DIR to score it on"))
+    else:
+        model = task.trained_model(width_mult)
+        weights_key = task.cache_key(width_mult)
+    if data is not None:
+        from .data import image_folder_data
+        from .evaluate import classification_metrics
+
+        spec = data
+        loaders = image_folder_data(spec, task.input_shape)
+        last = _last_linear(model)
+        outputs = model.get_submodule(last).out_features if last else None
+        if outputs is not None and len(loaders.classes) > outputs:
+            raise UserInputError(f"--data {spec}: {len(loaders.classes)} classes, but the model's classifier "
+                                 f"({last}) has {outputs} outputs")
+        notes.append(f"{len(loaders.classes)} classes from {spec.path}")
+        return TrainedModel(model, task.example_input(1), calibration=loaders.calibration,
+                            evaluate=classification_metrics(loaders.test), train_loader=loaders.train,
+                            calibration_samples=256, name=name, description="; ".join(notes),
+                            cache_key=stable_hash({"weights": weights_key, "data": loaders.digest,
+                                                   "input": list(task.input_shape)}))
+    if not scoring:
+        return TrainedModel(model, task.example_input(1), name=name, description="; ".join(notes))
+    if task.shape_only:
+        raise UserInputError(f"task {task.name!r} has no data: give --data imagefolder:DIR to score it on")
+    from .training import TensorBatches
+
+    task_data = task.data()
+    return TrainedModel(model, task.example_input(1), calibration=task_data.calibration,
+                        evaluate=functools.partial(_task_data_metrics, task_data.x_test, task_data.y_test),
+                        train_loader=TensorBatches(task_data.x_train, task_data.y_train, task.recipe.batch_size, 0),
+                        finetune_lr=task.recipe.lr / 10.0, weight_decay=task.recipe.weight_decay, name=name,
+                        description="; ".join(notes), deterministic=True,
+                        cache_key=stable_hash({"weights": weights_key, "data": task.data_settings}))
+
+
 def resolve_source(name_or_object):
     """What ``--task`` names: a :class:`~bitsearch.tasks.Task` or a :class:`TrainedModel`
     (a built-in name, ``package.module:factory``, or either object as it is)."""
-    if isinstance(name_or_object, TrainedModel):
+    from .tasks import Task, get_source
+
+    if isinstance(name_or_object, (TrainedModel, Task)):
         return name_or_object
-    from .tasks import get_source
 
     return get_source(name_or_object)
 

@@ -28,7 +28,7 @@ What an evaluator is, is written down here as three protocols, each adding to th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 from .budget import Budget, BudgetSpec, check_feasible, format_cost, parse_budget, resolve_budget
 from .cost import CostModel, make_cost_model

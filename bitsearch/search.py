@@ -269,6 +269,7 @@ class SearchRun:
             metrics=metrics,
             search={"searcher": self.searcher.name, "settings": settings, "seed": self.seed,
                     "seconds": round(seconds, 3), "evaluations": len(self.history),
+                    "objective": problem.objective, "higher_is_better": problem.higher_is_better,
                     "bitsearch_version": __version__},
         )
         self.emit("end", step=len(self.history), message="done")

@@ -54,3 +54,30 @@ def synthetic(space_options, options):
     reference = table.loss(space, Policy.uniform(space, min(space.weight_bits)))
     evaluator = TableAccuracy(space, table, scale=reference / 2)
     return Problem.build(space, options.budgets, evaluator=evaluator, task="synthetic")
+
+
+class TableLoss:
+    """An evaluator of a lower-is-better metric: the table's loss, as ``perplexity = exp(loss)``."""
+
+    metric = "perplexity"
+    higher_is_better = False
+    metric_kind = "synthetic"
+
+    def __init__(self, space, table, scale):
+        self.space, self.table, self.scale = space, table, scale
+
+    def evaluate(self, policy):
+        loss = self.table.loss(self.space, policy) / self.scale
+        return {"perplexity": math.exp(loss), "loss": loss}
+
+
+def synthetic_perplexity(space_options, options):
+    """The synthetic space scored by a lower-is-better metric (a perplexity)."""
+    space = small_space(space_options.granularity, weight_bits=space_options.weight_bits,
+                        act_bits=space_options.act_bits)
+    table = synthetic_sensitivity(space, seed=0)
+    from bitsearch.policy import Policy
+
+    reference = table.loss(space, Policy.uniform(space, min(space.weight_bits)))
+    return Problem.build(space, options.budgets, evaluator=TableLoss(space, table, reference / 2),
+                         task="synthetic-perplexity")

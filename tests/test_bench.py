@@ -185,6 +185,50 @@ def test_bench_writes_report_results_plots_and_policies(tmp_path):
     assert table.count("\n| `") == 3 and "size=2.5bit" in table
 
 
+def test_a_lower_is_better_metric_through_the_bench(tmp_path):
+    suite = write_suite(tmp_path, """\
+        name = "perplexity"
+        problem = "bench_problems:synthetic_perplexity"
+        seeds = [0, 1, 2]
+        budgets = ["size=2.5bit", "size=3bit"]
+        oracle = true
+
+        [space]
+        weight_bits = [2, 3, 4, 8]
+        act_bits = 8
+
+        [[searchers]]
+        name = "uniform"
+
+        [[searchers]]
+        name = "random"
+        settings = { samples = 6 }
+        """)
+    run_bench(suite, tmp_path / "out", progress=False)
+    results = load_results(tmp_path / "out")
+    runs = results["runs"]
+    assert all(r["status"] == "ok" and r["objective"] == "perplexity" and r["higher_is_better"] is False
+               for r in runs)
+    for run in runs:  # each searcher returned the lowest perplexity it saw; its score is minus that
+        assert run["score"] == -run["metric"]
+        values = [v for _, v in run["progress"]]
+        assert values == sorted(values, reverse=True)  # best so far goes down
+    for row in results["summary"]:
+        assert row["regret_mean"] >= -1e-12, row  # nobody beats the oracle, which has the lowest value
+        if row["oracle"]:
+            assert row["regret_mean"] == 0
+    oracle = {r["budget_label"]: r for r in runs if r["oracle"]}
+    for run in runs:
+        assert run["metric"] >= oracle[run["budget_label"]]["metric"] - 1e-12
+    frontier = next(r["frontier"] for r in runs if r["oracle"])
+    assert [v for _, v in frontier] == sorted((v for _, v in frontier), reverse=True)  # cheaper is worse
+    assert any(row["regret_mean"] > 0 for row in results["summary"])  # the signs are tested, not all zeros
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "perplexity (lower is better) mean ± std" in report
+    assert "perplexity (lower is better) of the quantized model" in render_table(results)
+    assert (tmp_path / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_tabular_problem_file_is_a_suite_problem(tmp_path):
     from bitsearch.tabular import write_problem
 

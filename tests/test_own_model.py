@@ -8,7 +8,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 import bitsearch  # noqa: E402
 from bitsearch.errors import SearcherUnsupportedError, UserInputError  # noqa: E402
@@ -16,92 +15,15 @@ from bitsearch.evaluate import ModelEvaluator, classification_metrics  # noqa: E
 from bitsearch.policy import Policy  # noqa: E402
 from bitsearch.problem import Problem, TrainableEvaluator, missing_members  # noqa: E402
 
+from own_models import SIDE, BarNet, loaders, make_user_files, trained_model  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SIDE = 12
-CLASSES = ("diagonal", "horizontal", "vertical")  # sorted, as ImageFolder numbers its folders
-
-
-def bars(n: int, seed: int):
-    """``n`` 12x12 grey images of a horizontal, vertical or diagonal bar in noise, and their labels."""
-    generator = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % len(CLASSES)
-    x = 0.25 * torch.rand(n, 1, SIDE, SIDE, generator=generator)
-    where = torch.randint(2, SIDE - 2, (n,), generator=generator)
-    for i in range(n):
-        p = int(where[i])
-        if CLASSES[int(y[i])] == "horizontal":
-            x[i, 0, p - 1:p + 1, :] += 0.7
-        elif CLASSES[int(y[i])] == "vertical":
-            x[i, 0, :, p - 1:p + 1] += 0.7
-        else:
-            idx = torch.arange(SIDE)
-            x[i, 0, idx, (idx + p) % SIDE] += 0.7
-    return x.clamp(0, 1), y
-
-
-class BarNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.fc = nn.Linear(16 * 6 * 6, len(CLASSES))
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.flatten(1))
-
-
-def write_image_folder(root, x, y):
-    """The images as PNG files in ``root/<class>/<i>.png`` (what torchvision's ImageFolder reads)."""
-    from PIL import Image
-
-    for i, (image, label) in enumerate(zip(x, y)):
-        folder = root / CLASSES[int(label)]
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = (image[0] * 255).round().to(torch.uint8).numpy()
-        Image.fromarray(pixels, mode="L").save(folder / f"{i:04d}.png")
 
 
 @pytest.fixture(scope="module")
 def user_files(tmp_path_factory):
     """What a user arrives with: a state_dict trained outside bitsearch, and image folders."""
-    root = tmp_path_factory.mktemp("own-model")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = BarNet()
-        x, y = bars(600, seed=1)
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-        for _ in range(8):
-            for start in range(0, len(x), 50):
-                optimizer.zero_grad()
-                loss = nn.functional.cross_entropy(model(x[start:start + 50]), y[start:start + 50])
-                loss.backward()
-                optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    torch.save(model.state_dict(), root / "barnet.pt")
-    write_image_folder(root / "train", *bars(90, seed=2))
-    write_image_folder(root / "test", *bars(60, seed=3))
-    return root
-
-
-def loaders(root):
-    from torchvision import datasets, transforms
-
-    transform = transforms.Compose([transforms.Grayscale(), transforms.ToTensor()])
-    train = datasets.ImageFolder(str(root / "train"), transform=transform)
-    test = datasets.ImageFolder(str(root / "test"), transform=transform)
-    return (DataLoader(train, batch_size=16, shuffle=False), DataLoader(test, batch_size=32, shuffle=False))
-
-
-def trained_model(root):
-    model = BarNet()
-    model.load_state_dict(torch.load(root / "barnet.pt", weights_only=True))
-    return model.eval()
+    return make_user_files(tmp_path_factory.mktemp("own-model"))
 
 
 def my_evaluate(test_loader):
@@ -192,12 +114,11 @@ def test_a_lower_is_better_metric_is_minimised(user_files):
 
 def test_a_metric_the_evaluator_does_not_return_is_one_line(user_files):
     train_loader, test_loader = loaders(user_files)
-    problem = bitsearch.problem_for_model(
-        trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
-        evaluate=my_evaluate(test_loader), metric="top1", budgets=["size=4bit"])
     with pytest.raises(UserInputError, match=r"metric 'top1' is not a key evaluate returns \(it returns "
                                              r"accuracy, errors\)") as info:
-        bitsearch.searchers.create("uniform").search(problem, seed=0)
+        bitsearch.problem_for_model(  # checked on the float model, before any search
+            trained_model(user_files), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
+            evaluate=my_evaluate(test_loader), metric="top1", budgets=["size=4bit"])
     assert "\n" not in str(info.value)
 
 

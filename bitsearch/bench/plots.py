@@ -86,10 +86,11 @@ def plot_pareto(results: Mapping[str, Any], path: str | os.PathLike) -> bool:
         for limit in limits:
             ax.axvline(limit / scale, color="0.7", ls=":", lw=1, zorder=0)
         ax.set_xlabel(f"{axis} ({unit_name})")
-        ax.set_ylabel(f"{objective}" + (" (%)" if pct != 1.0 else ""))
+        lower = bool(vruns) and vruns[0].get("higher_is_better") is False
+        ax.set_ylabel(f"{objective}" + (" (%)" if pct != 1.0 else "") + (" (lower is better)" if lower else ""))
         ax.set_title(f"{results['suite']['name']}: {variant}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper right" if lower else "lower right")
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)

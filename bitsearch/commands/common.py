@@ -1,4 +1,4 @@
-"""What several commands share: the search-space options and how a result is printed."""
+"""What several commands share: the model and search-space options and how a result is printed."""
 
 from __future__ import annotations
 
@@ -40,6 +40,53 @@ def width_arg(text: str) -> int:
     if len(widths) != 1 or str(widths[0]) != text.strip():
         raise argparse.ArgumentTypeError(f"give one width in bits, e.g. 8 (got {text!r})")
     return widths[0]
+
+
+TASK_HELP = ("a built-in task (bitsearch tasks), or package.module:factory returning a Task or a "
+             "bitsearch.TrainedModel (see docs/tasks.md)")
+
+
+def add_model_options(parser) -> None:
+    """``--weights FILE`` and ``--data KIND:PATH``: your weights and your data for a task's architecture."""
+    g = parser.add_argument_group("your weights and data (for a task's architecture)")
+    g.add_argument("--weights", metavar="FILE",
+                   help="a state_dict for the task's architecture (torch.save(model.state_dict(), FILE); read "
+                        "with weights_only=True), e.g. --task resnet18 --weights r18.pt; a classifier with another "
+                        "number of classes is taken as it is")
+    g.add_argument("--data", metavar="KIND:PATH",
+                   help="score on your data: imagefolder:DIR (DIR/<class>/<image>.png|jpg, read batch by batch with "
+                        "the usual resize, centre crop and normalisation; DIR/train and DIR/val when both exist)")
+
+
+def model_source(args, *, scoring: bool = True):
+    """What ``--task`` (with ``--weights`` / ``--data``) names: a Task, or a
+    :class:`~bitsearch.build.TrainedModel` (a user factory's, or the task's architecture
+    with your weights and data).  ``scoring=False``: only the architecture is needed (costs)."""
+    from ..build import TrainedModel, model_from_task, resolve_source
+    from ..errors import UserInputError
+
+    weights, data = getattr(args, "weights", None), getattr(args, "data", None)
+    if data is not None:
+        from ..data import parse_data
+
+        parse_data(data)  # fail on a bad --data before anything is built
+    source = resolve_source(args.task)
+    if weights is None and data is None:
+        return source
+    if isinstance(source, TrainedModel):
+        raise UserInputError(f"--weights and --data load into a task's architecture, but {args.task!r} returns a "
+                             "trained model that brings its own weights and data")
+    return model_from_task(source, weights=weights, data=data, width_mult=getattr(args, "width_mult", 1.0),
+                           scoring=scoring)
+
+
+def source_width(source, args) -> float:
+    """The width multiplier to build ``source`` at: ``--width-mult`` for a Task; 1 for a
+    trained model (``model_from_task`` already built it at ``--width-mult``)."""
+    from ..build import TrainedModel
+
+    return 1.0 if isinstance(source, TrainedModel) and (getattr(args, "weights", None) or getattr(args, "data", None)) \
+        else float(getattr(args, "width_mult", 1.0))
 
 
 def add_space_options(parser) -> None:

@@ -3,17 +3,31 @@ FILE``: of a model fine-tuned by ``bitsearch finetune``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..progress import limit_threads, progress_enabled
-from .common import SUMMARY_PAST, print_result, threads_arg
+from .common import SUMMARY_PAST, TASK_HELP, add_model_options, model_source, print_result, source_width, \
+    threads_arg
+
+
+EXAMPLES = """\
+examples:
+  bitsearch eval p.json --task mnist1d-cnn
+  bitsearch eval p.json --task mnist1d-cnn --finetune-epochs 3
+  bitsearch eval p.json --task resnet18 --weights r18.pt --data imagefolder:images
+  bitsearch eval p.json --task mnist1d-cnn --model model.pt      # a model from bitsearch finetune
+"""
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score a policy on a task",
-                              description="Apply a policy to a task's model and report its costs and accuracy.")
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description="Apply a policy to a task's model and report its costs and metrics.",
+                              epilog=EXAMPLES)
     p.add_argument("policy", help="policy JSON file")
-    p.add_argument("--task", required=True, help="the task the policy was made for")
+    p.add_argument("--task", required=True, help="the task the policy was made for: " + TASK_HELP)
+    add_model_options(p)
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="E",
                    help="fine-tune E epochs at the policy's widths before scoring (default 0)")
     p.add_argument("--weight-bits", default="2-8", metavar="BITS", help="weight widths a policy may use (default 2-8)")
@@ -35,19 +49,24 @@ def register(subparsers) -> None:
 def cmd_eval(args) -> int:
     limit_threads(args.threads)
     if getattr(args, "model", None):
+        if args.weights or args.data:
+            from ..errors import UserInputError
+
+            raise UserInputError("--model scores a model from bitsearch finetune on its task's data; it does not "
+                                 "take --weights or --data")
         from .finetune import eval_saved_model
 
         return eval_saved_model(args)
-    from ..build import ProblemOptions, SpaceOptions, problem_for_task
+    from ..build import ProblemOptions, SpaceOptions, problem_for
     from ..errors import PolicyError
     from ..policy import load_policy, validate_policy
     from ..space import parse_bits
-    from ..tasks import get_task
 
     policy = load_policy(args.policy)
-    task = get_task(args.task)
     model_meta = policy.meta.get("model") or {}
-    width_mult = float(model_meta.get("width_mult", args.width_mult))
+    args.width_mult = float(model_meta.get("width_mult", args.width_mult))
+    source = model_source(args)
+    width_mult = source_width(source, args)
     acts = {b.act_bits for _, b in policy.bits}
     act_bits = parse_bits(args.act_bits, allow_none=True) if args.act_bits else (
         None if acts == {None} else parse_bits("2-8"))
@@ -55,18 +74,18 @@ def cmd_eval(args) -> int:
                                  act_bits=act_bits)
     options = ProblemOptions(finetune_epochs=args.finetune_epochs, width_mult=width_mult,
                              latency_table=args.latency_table)
-    problem = problem_for_task(task, space_options, options, progress=progress_enabled())
+    problem = problem_for(source, space_options, options, progress=progress_enabled())
     fingerprint = model_meta.get("fingerprint")
     if fingerprint and fingerprint != problem.space.fingerprint:
         raise PolicyError(f"the policy was made for model {model_meta.get('name', '?')!r} "
-                          f"({fingerprint}), but task {task.name!r} gives {problem.space.fingerprint}: "
+                          f"({fingerprint}), but task {args.task!r} gives {problem.space.fingerprint}: "
                           f"a policy for another model", args.policy)
     policy = validate_policy(policy, problem.space, source=args.policy)
     costs = problem.cost_of(policy)
     metrics = problem.evaluate(policy) if problem.evaluator is not None else {}
-    kind = getattr(problem.evaluator, "metric_kind", None)
+    kind = problem.metric_kind
     if args.json:
-        print(json.dumps({"policy": args.policy, "task": task.name, "costs": costs, "metrics": metrics,
+        print(json.dumps({"policy": args.policy, "task": problem.task, "costs": costs, "metrics": metrics,
                           "metric_kind": kind}, indent=2))
         return 0
     print_result(problem, policy, metrics, costs, verbose=args.verbose)

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import add_space_options, check_outputs, space_options
+from .common import TASK_HELP, add_model_options, add_space_options, check_outputs, model_source, source_width, \
+    space_options
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="layers, params, MACs and the cost of uniform policies",
                               description="Show the quantizable layers of a task's model, their params and MACs, "
                                           "tied groups, and what uniform policies cost.")
-    p.add_argument("--task", required=True, help="a built-in task (bitsearch tasks) or package.module:factory")
+    p.add_argument("--task", required=True, help=TASK_HELP)
+    add_model_options(p)
     add_space_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--write-problem", metavar="FILE", help="also write a tabular problem file (needs --sensitivity)")
@@ -24,17 +26,28 @@ def register(subparsers) -> None:
 
 def cmd_inspect(args) -> int:
     from ..budget import format_cost
-    from ..build import space_for_task
+    from ..build import TrainedModel, space_for_task
     from ..cost import ANALYTIC, make_cost_model
+    from ..discover import discover
+    from ..errors import UserInputError
     from ..policy import Policy
-    from ..tasks import get_task
 
     check_outputs(("--write-problem", args.write_problem))
-    task = get_task(args.task)
+    if args.data and not args.write_problem:
+        raise UserInputError("inspect shows the architecture and its costs: --data is read only with --write-problem "
+                             "(for the sensitivities); give it to search or eval")
+    task = model_source(args, scoring=bool(args.write_problem))
     options = space_options(args)
-    space = space_for_task(task, options, width_mult=args.width_mult)
+    if isinstance(task, TrainedModel):
+        if source_width(task, args) != 1.0:
+            raise UserInputError(f"{args.task!r} is a trained model: it cannot be rebuilt at --width-mult")
+        model = task.model
+        space = discover(model, task.example_input, granularity=options.granularity, weight_bits=options.weight_bits,
+                         act_bits=options.act_bits, pin_first_last=options.pin_first_last, model_name=task.name)
+    else:
+        space = space_for_task(task, options, width_mult=args.width_mult)
+        model = task.build_model(args.width_mult)
     models = {name: make_cost_model(name) for name in ANALYTIC}
-    model = task.build_model(args.width_mult)
     total_params = sum(p.numel() for p in model.parameters())
     layer_params = sum(l.params + l.bias_params for l in space.layers)
     uniform = {}
@@ -55,6 +68,8 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    if isinstance(task, TrainedModel) and task.description:
+        print(f"{task.name}: {task.description}")
     print(f"{task.name}: {len(space.layers)} quantizable layers, {space.granularity} granularity, "
           f"{summary['weight_units']:,} weight units, fingerprint {space.fingerprint}")
     header = f"{'layer':<28} {'kind':<7} {'shape':<24} {'params':>11} {'MACs':>14} {'kernels':>7}"
@@ -95,6 +110,9 @@ def _write_problem(space, task, args) -> None:
     from ..problem import Problem
     from ..tabular import write_problem
 
-    table = sensitivity_module.estimate(task, space, args.sensitivity, width_mult=args.width_mult)
+    from ..build import TrainedModel
+
+    source = task.evaluator() if isinstance(task, TrainedModel) else task
+    table = sensitivity_module.estimate(source, space, args.sensitivity, width_mult=args.width_mult)
     write_problem(Problem.build(space, (), sensitivity=table, task=task.name), args.write_problem, parents=False)
     print(f"wrote {args.write_problem}", file=sys.stderr)

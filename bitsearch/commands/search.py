@@ -7,8 +7,8 @@ import json
 
 from ..errors import UserInputError
 from ..progress import SearchProgress, limit_threads, progress_enabled
-from .common import SUMMARY_PAST, add_space_options, check_outputs, print_result, print_solve, seed_arg, space_options, \
-    threads_arg
+from .common import SUMMARY_PAST, TASK_HELP, add_model_options, add_space_options, check_outputs, model_source, \
+    print_result, print_solve, seed_arg, source_width, space_options, threads_arg
 
 EXAMPLES = """\
 examples:
@@ -16,6 +16,8 @@ examples:
   bitsearch inspect --task mnist1d-cnn
   bitsearch search --task mnist1d-cnn --searcher uniform --budget size=4bit --out p.json
   bitsearch search --task mnist1d-cnn --searcher ilp --budget size=3bit --weight-bits 2,3,4,8
+  bitsearch search --task resnet18 --weights r18.pt --data imagefolder:images --searcher ilp --budget size=4bit
+  bitsearch search --task mymodels:make --searcher haq --budget size=3bit   # your factory (docs/tasks.md)
   bitsearch eval p.json --task mnist1d-cnn
   bitsearch export p.json --to csv
 """
@@ -38,22 +40,24 @@ def register(subparsers) -> None:
                               description="Search the widths of every layer (or kernel) under one or more budgets, "
                                           "and write the policy JSON.", epilog=EPILOG)
     src = p.add_argument_group("what to search")
-    src.add_argument("--task", help="a built-in task (bitsearch tasks) or package.module:factory")
+    src.add_argument("--task", help=TASK_HELP)
     src.add_argument("--problem", metavar="FILE", help="a tabular problem file: bitsearch-problem JSON, or "
                                                        "the columnar .npz form for large problems; runs "
                                                        "without torch")
     src.add_argument("--searcher", required=True, help="which searcher (bitsearch searchers)")
     src.add_argument("--budget", action="append", default=[], metavar="COST=VALUE",
                      help="a budget; repeat for several (see below)")
+    add_model_options(p)
     add_space_options(p)
     g = p.add_argument_group("scoring and costs")
     g.add_argument("--finetune-epochs", type=int, default=0, metavar="E",
                    help="score policies after E epochs of quantization-aware fine-tuning (default 0: "
                         "post-training quantization with calibration)")
     g.add_argument("--latency-table", metavar="FILE", help="measured latency table (CSV or JSON) for latency=")
-    g.add_argument("--sensitivity", metavar="METHOD",
+    g.add_argument("--sensitivity", metavar="METHOD[:K=V,...]",
                    help="sensitivity estimate for searchers that use one: hessian (the default; iqp's is "
-                        "pairwise), bitgrad, empirical, pairwise")
+                        "pairwise), bitgrad, empirical, pairwise, with its settings after a colon, e.g. "
+                        "hessian:probes=8,samples=128 (cheaper on big models)")
     g.add_argument("--threads", type=threads_arg, default=None, metavar="N",
                    help="torch CPU threads for training and scoring, at most the machine's cores (default: "
                         "torch's choice; 1 is often fastest for the small built-in tasks on a busy machine)")
@@ -118,19 +122,54 @@ def cmd_search(args) -> int:
     return 0
 
 
+def parse_sensitivity(text: str | None) -> tuple[str | None, dict]:
+    """``hessian:probes=8,samples=128`` -> ``("hessian", {"probes": 8, "samples": 128})``."""
+    if not text:
+        return None, {}
+    from ..sensitivity import METHODS
+    from ..sensitivity.estimators import DEFAULTS
+
+    method, _, rest = text.partition(":")
+    if method not in METHODS:
+        raise UserInputError(f"--sensitivity {text!r}: unknown method {method!r}; methods: {', '.join(METHODS)}")
+    known = DEFAULTS[method]
+    settings = {}
+    for part in (p.strip() for p in rest.split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise UserInputError(f"--sensitivity {text!r}: expected {method}:KEY=VALUE,... with KEY one of "
+                                 f"{', '.join(known)} (got {part!r})")
+        if not isinstance(known[key], int):  # a word setting (pairwise's pairs=auto)
+            settings[key] = value.strip()
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1 or number > 10_000_000:
+            raise UserInputError(f"--sensitivity {text!r}: {key} must be a whole number >= 1 (got {value!r})")
+        settings[key] = number
+    return method, settings
+
+
 def _build_problem(args, searcher_cls):
-    from ..build import ProblemOptions, default_sensitivity, problem_for_task
+    from ..build import ProblemOptions, default_sensitivity, problem_for
 
     if args.problem:
         if args.task:
             raise UserInputError("give --task or --problem, not both")
+        if args.weights or args.data:
+            raise UserInputError("--weights and --data go with --task (a tabular problem has no model)")
         from ..tabular import load_problem
 
         return load_problem(args.problem, args.budget, granularity=args.granularity)
     if not args.task:
         raise UserInputError("give --task NAME (see 'bitsearch tasks') or --problem FILE")
-    sensitivity = args.sensitivity or default_sensitivity(searcher_cls)
+    sensitivity, sensitivity_settings = parse_sensitivity(args.sensitivity)
+    sensitivity = sensitivity or default_sensitivity(searcher_cls)
+    source = model_source(args)
     options = ProblemOptions(budgets=tuple(args.budget), finetune_epochs=args.finetune_epochs,
-                             width_mult=args.width_mult, latency_table=args.latency_table,
-                             sensitivity=sensitivity)
-    return problem_for_task(args.task, space_options(args), options, progress=progress_enabled())
+                             width_mult=source_width(source, args), latency_table=args.latency_table,
+                             sensitivity=sensitivity, sensitivity_settings=sensitivity_settings)
+    return problem_for(source, space_options(args), options, progress=progress_enabled())

@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,7 +32,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 METRICS = ("top1",)
 CALIBRATION_SIZE = 256
 CALIBRATION_SEED = 0
-WEIGHTS_FORMAT = 1  # bump when the layout of a weights file changes
+WEIGHTS_FORMAT = 2  # bump when the layout of a weights file or the cache key changes
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"  # trained weights inside the package
 
 
 def scale_width(channels: int, width_mult: float) -> int:
@@ -368,15 +370,24 @@ class Task:
                            progress=progress, description=f"training {self.name}")
 
     def cache_key(self, width_mult: float = 1.0) -> str:
-        """The hash that names this task's trained weights at ``width_mult``."""
+        """The hash that names this task's trained weights at ``width_mult``: its name,
+        version, recipe, data settings, the width multiplier and the names and shapes of
+        the model's parameters (not the torch version: weights trained once are the same
+        model under any torch, which is what lets the package ship them)."""
         width_mult = check_width_mult(width_mult)
         with torch.random.fork_rng(devices=[]):
             model = self.build_model(width_mult)
         architecture = [[name, list(t.shape)] for name, t in model.state_dict().items()]
-        major_minor = ".".join(str(torch.__version__).split("+")[0].split(".")[:2])
         return stable_hash({"task": self.name, "version": self.version, "recipe": self.recipe.to_dict(),
-                            "width_mult": repr(width_mult), "data": self.data_settings, "torch": major_minor,
+                            "width_mult": repr(width_mult), "data": self.data_settings,
                             "architecture": architecture, "format": WEIGHTS_FORMAT})
+
+    def shipped_weights_path(self, width_mult: float = 1.0) -> Path:
+        """Where the package keeps this task's trained weights at ``width_mult`` when it
+        ships them (the built-in tasks at the widths their benchmarks use): the same
+        name as in the cache, so a changed recipe, data or architecture never finds them."""
+        width_mult = check_width_mult(width_mult)
+        return SHIPPED_WEIGHTS / f"{safe_name(self.name)}-w{width_mult:g}-{self.cache_key(width_mult)}.pt"
 
     def weights_path(self, width_mult: float = 1.0):
         """Where the trained weights at ``width_mult`` are (or will be) cached."""
@@ -387,9 +398,11 @@ class Task:
     def trained_model(self, width_mult: float = 1.0, progress: bool = False) -> nn.Module:
         """The float model at ``width_mult`` with trained weights, in eval mode.
 
-        Trained once with :meth:`fit` under the recipe's seed, then read from the cache
-        (memory, then disk).  A shape-only task returns its randomly initialised model
-        (seeded with the recipe's seed), without training or caching."""
+        The weights the package ships (the built-in tasks at their benchmark widths, so
+        every machine scores the same model), else the cache (memory, then disk), else
+        trained once with :meth:`fit` under the recipe's seed and cached.  A shape-only
+        task returns its randomly initialised model (seeded with the recipe's seed),
+        without training or caching."""
         width_mult = check_width_mult(width_mult)
         if self.shape_only:
             with torch.random.fork_rng(devices=[]):
@@ -400,6 +413,8 @@ class Task:
             model = self.build_model(width_mult)
         state = self._weights.get(path.name)
         if state is None:
+            state = self._read_shipped(width_mult, model)
+        if state is None:
             state = self._read_weights(path, model)
         if state is None:
             with file_lock(path):
@@ -409,6 +424,23 @@ class Task:
         self._weights[path.name] = state
         model.load_state_dict(state)
         return model.eval()
+
+    def _read_shipped(self, width_mult: float, model: nn.Module) -> dict | None:
+        path = self.shipped_weights_path(width_mult)
+        if not path.exists():
+            return None
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            meta = saved["meta"]
+            key = self.cache_key(width_mult)
+            if meta.get("key") != key or meta.get("task") != self.name:
+                raise ValueError(f"it names {meta.get('task')!r} with key {meta.get('key')!r}, expected {key!r}")
+            model.load_state_dict(saved["state_dict"])
+            return saved["state_dict"]
+        except Exception as exc:  # a damaged installation: train as if nothing were shipped
+            warnings.warn(f"task {self.name!r}: ignoring the shipped weights {path.name} ({exc}); training instead",
+                          stacklevel=3)
+            return None
 
     def _read_weights(self, path, model: nn.Module) -> dict | None:
         if not path.exists():
@@ -434,19 +466,32 @@ class Task:
         log.info("trained %s at width %g in %.1f s: test top1 %.4f", self.name, width_mult, seconds,
                  metrics["top1"])
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        meta = {"task": self.name, "width_mult": width_mult, "recipe": self.recipe.to_dict(),
-                "torch": str(torch.__version__), "seconds": seconds, "top1": metrics["top1"],
-                "loss": metrics["loss"]}
+        meta = {"task": self.name, "key": self.cache_key(width_mult), "width_mult": width_mult,
+                "recipe": self.recipe.to_dict(), "torch": str(torch.__version__), "seconds": round(seconds, 3),
+                "top1": metrics["top1"], "loss": metrics["loss"]}
         atomic_write(path, lambda handle: torch.save({"state_dict": state, "meta": meta}, handle))
         return state
 
+    def train_fresh(self, width_mult: float = 1.0, progress: bool = False) -> tuple[dict, dict]:
+        """Train the float model at ``width_mult`` from scratch under the recipe (no cache
+        read or written); returns ``(state_dict, record)``, the record as
+        :meth:`weights_info` gives it.  What ``python -m bitsearch.tasks.ship`` runs."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "weights.pt"
+            self._train_and_save(check_width_mult(width_mult), path, progress)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["state_dict"], saved["meta"]
+
     def weights_info(self, width_mult: float = 1.0) -> dict | None:
-        """The record stored beside cached weights (training seconds, test top-1...),
-        or None when they have not been trained yet."""
-        path = self.weights_path(width_mult)
-        if not path.exists():
-            return None
-        try:
-            return dict(torch.load(path, map_location="cpu", weights_only=True)["meta"])
-        except Exception:
-            return None
+        """The record stored beside the trained weights (key, training seconds, test
+        top-1...): the shipped ones', else the cached ones', or None when they have not
+        been trained yet."""
+        for path in (self.shipped_weights_path(width_mult), self.weights_path(width_mult)):
+            if path.exists():
+                try:
+                    return dict(torch.load(path, map_location="cpu", weights_only=True)["meta"])
+                except Exception:
+                    continue
+        return None

@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 CACHE_ENV = "BITSEARCH_CACHE"
 
@@ -50,3 +50,36 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+SPLITS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def cached_arrays(path: Path, make: Callable[[], dict]) -> dict:
+    """A task's data arrays (``x_train``, ``y_train``, ``x_test``, ``y_test``) from the
+    ``.npz`` file ``path``, or made by ``make()`` and written there (atomically, under
+    the lock; a corrupt file is made again; a read-only cache is not an error)."""
+    import numpy as np
+
+    from .._io import atomic_write
+
+    def read():
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in SPLITS}
+        except Exception:  # corrupt or foreign: make it again
+            return None
+
+    arrays = read()
+    if arrays is None:
+        with file_lock(path):
+            arrays = read()
+            if arrays is None:
+                arrays = make()
+                try:
+                    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+                except OSError:
+                    pass
+    return arrays

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Task, TaskData, TrainRecipe, scale_width
-from .._io import atomic_write, stable_hash
-from .cache import cache_dir, file_lock
+from .._io import stable_hash
+from .cache import cache_dir, cached_arrays
 from .registry import describe
 
 NAME = "mnist1d-cnn"
@@ -71,30 +71,12 @@ def data_path(settings: dict):
     return cache_dir() / "data" / f"mnist1d-{stable_hash(settings)}.npz"
 
 
-def _read(path) -> dict[str, np.ndarray] | None:
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    except Exception:  # corrupt or foreign: generate again
-        return None
-
-
 @functools.lru_cache(maxsize=4)
 def _arrays(settings_key: str) -> dict[str, np.ndarray]:
     import json
 
     settings = json.loads(settings_key)
-    path = data_path(settings)
-    arrays = _read(path)
-    if arrays is None:
-        with file_lock(path):
-            arrays = _read(path)
-            if arrays is None:
-                arrays = generate(settings)
-                atomic_write(path, lambda handle: np.savez(handle, **arrays))
-    return arrays
+    return cached_arrays(data_path(settings), lambda: generate(settings))
 
 
 def load_data() -> TaskData:

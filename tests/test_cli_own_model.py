@@ -1,0 +1,129 @@
+"""The own-model road on the command line: ``--task ARCH --weights FILE --data imagefolder:DIR``,
+a user factory that returns a trained model, and the one-line errors on the way."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bitsearch.cli import main  # noqa: E402
+
+from helpers import assert_one_line_error as one_line  # noqa: E402
+from own_models import make_user_files  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = make_user_files(tmp_path_factory.mktemp("cli-own-model"))
+    # a ResNet-18 "trained" elsewhere on 3 classes (its weights only matter for their shapes here), RGB images
+    from PIL import Image
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    torch.save(resnet18(num_classes=3).state_dict(), root / "r18.pt")
+    generator = torch.Generator().manual_seed(0)
+    for label in ("ant", "bee", "fly"):
+        (root / "rgb" / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = (torch.rand(40, 48, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels, mode="RGB").save(root / "rgb" / label / f"{i}.png")
+    (root / "empty" / "some-class").mkdir(parents=True)
+    for label in "abcd":
+        (root / "four" / label).mkdir(parents=True)
+        Image.fromarray((torch.rand(12, 12) * 255).to(torch.uint8).numpy(), mode="L").save(root / "four" / label / "0.png")
+    return root
+
+
+@pytest.fixture
+def factories(files, monkeypatch):
+    monkeypatch.setenv("BITSEARCH_TEST_OWN_MODEL", str(files))
+    return files
+
+
+def _search(capsys, files, *extra):
+    out = files / "p.json"
+    code, stdout, err = run(capsys, "search", "--budget", "size=3bit", "--weight-bits", "2,3,4,8",
+                            "--out", out, "--json", *extra)
+    assert code == 0, err
+    return json.loads(stdout), json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("searcher, settings", [
+    ("uniform", []),
+    ("ilp", ["--sensitivity", "hessian:probes=4,samples=40"]),
+    ("fracbits", ["--set", "epochs=1"]),
+    ("haq", ["--set", "episodes=8", "--set", "warmup=4"]),
+    ("autoq", ["--set", "episodes=6", "--set", "warmup=3"]),
+])
+def test_weights_and_an_image_folder_for_a_tasks_architecture(factories, capsys, searcher, settings):
+    summary, policy = _search(capsys, factories, "--task", "own_models:barnet_task", "--weights",
+                              factories / "barnet.pt", "--data", f"imagefolder:{factories / 'images'}",
+                              "--searcher", searcher, *settings)
+    budget = policy["budgets"][0]
+    assert policy["costs"]["size"] <= budget["limit"]
+    assert policy["model"]["name"] == "barnet" and set(policy["layers"]) == {"conv1", "conv2", "fc"}
+    assert 0.0 <= summary["metrics"]["top1"] <= 1.0
+    code, out, err = run(capsys, "eval", factories / "p.json", "--task", "own_models:barnet_task", "--weights",
+                         factories / "barnet.pt", "--data", f"imagefolder:{factories / 'images'}", "--json")
+    assert code == 0, err
+    assert json.loads(out)["metrics"]["top1"] == pytest.approx(summary["metrics"]["top1"])
+
+
+def test_resnet18_with_your_weights_and_images(files, capsys):
+    summary, policy = _search(capsys, files, "--task", "resnet18", "--weights", files / "r18.pt", "--data",
+                              f"imagefolder:{files / 'rgb'}", "--searcher", "uniform")
+    assert policy["model"]["name"] == "resnet18" and len(policy["layers"]) == 21
+    assert policy["costs"]["size"] <= policy["budgets"][0]["limit"]
+    code, out, err = run(capsys, "inspect", "--task", "resnet18", "--weights", files / "r18.pt")
+    assert code == 0, err
+    assert "fc has 3 outputs" in out  # the classifier takes the state dict's number of classes
+
+
+def test_a_factory_may_return_a_trained_model(factories, capsys):
+    summary, policy = _search(capsys, factories, "--task", "own_models:barnet_trained", "--searcher", "random",
+                              "--set", "samples=4")
+    assert policy["model"]["name"] == "barnet" and summary["evaluations"] == 4
+    code, out, err = run(capsys, "inspect", "--task", "own_models:barnet_trained")
+    assert code == 0 and "barnet: BarNet from barnet.pt" in out and "conv2" in out, err
+
+
+def test_one_line_errors(files, factories, capsys):
+    images = f"imagefolder:{files / 'images'}"
+    base = ("search", "--searcher", "uniform", "--budget", "size=4bit")
+    code, _, err = run(capsys, *base, "--task", "resnet18", "--weights", files / "barnet.pt", "--data", images)
+    one_line(code, err, "does not fit this architecture", "conv1.weight")
+    code, _, err = run(capsys, *base, "--task", "resnet18", "--weights", files / "r18.pt", "--data",
+                       f"imagefolder:{files / 'empty'}")
+    one_line(code, err, "holds no images")
+    code, _, err = run(capsys, *base, "--task", "own_models:wrong_metric")
+    one_line(code, err, "metric 'top5' is not a key evaluate returns", "top1, loss")
+    code, _, err = run(capsys, *base, "--task", "resnet18", "--weights", files / "nothing.pt", "--data", images)
+    one_line(code, err, "no such file")
+    code, _, err = run(capsys, *base, "--task", "resnet18", "--weights", files / "images" / "train" / "diagonal"
+                       / "0000.png", "--data", images)
+    one_line(code, err, "not a file torch.load(weights_only=True) can read")
+    code, _, err = run(capsys, *base, "--task", "resnet18", "--weights", files / "r18.pt", "--data", "csv:foo")
+    one_line(code, err, "unknown kind 'csv'")
+    code, _, err = run(capsys, *base, "--task", "resnet18", "--data", images)
+    one_line(code, err, "has no trained weights", "--weights FILE")
+    code, _, err = run(capsys, *base, "--task", "own_models:barnet_trained", "--weights", files / "barnet.pt")
+    one_line(code, err, "brings its own weights and data")
+    code, _, err = run(capsys, *base, "--task", "own_models:barnet_task", "--weights", files / "barnet.pt",
+                       "--data", f"imagefolder:{files / 'four'}")
+    one_line(code, err, "4 classes, but the model's classifier (fc) has 3 outputs")
+
+
+def test_nothing_is_written_on_error(files, capsys):
+    out = files / "never.json"
+    code, _, err = run(capsys, "search", "--searcher", "uniform", "--budget", "size=4bit", "--task", "resnet18",
+                       "--weights", files / "barnet.pt", "--data", f"imagefolder:{files / 'images'}", "--out", out)
+    assert code == 2 and not out.exists()
