@@ -110,15 +110,21 @@ def barnet_task() -> Task:
                 description="BarNet's architecture, no data")
 
 
-def barnet_trained(metric: str = "top1"):
+def barnet_trained(metric: str = "top1", higher_is_better: bool = True):
     """The trained BarNet with its loaders: what a user factory returns instead of a Task."""
     from bitsearch.evaluate import classification_metrics
 
     train_loader, test_loader = loaders(_root())
     return bitsearch.TrainedModel(trained_model(_root()), torch.zeros(1, 1, SIDE, SIDE), calibration=train_loader,
                                   evaluate=classification_metrics(test_loader), metric=metric,
+                                  higher_is_better=higher_is_better,
                                   train_loader=train_loader, name="barnet", description="BarNet from barnet.pt")
 
 
 def wrong_metric():
     return barnet_trained(metric="top5")
+
+
+def barnet_loss():
+    """The trained BarNet scored by its test cross-entropy, lower is better."""
+    return barnet_trained(metric="loss", higher_is_better=False)

@@ -127,3 +127,38 @@ def test_nothing_is_written_on_error(files, capsys):
     code, _, err = run(capsys, "search", "--searcher", "uniform", "--budget", "size=4bit", "--task", "resnet18",
                        "--weights", files / "barnet.pt", "--data", f"imagefolder:{files / 'images'}", "--out", out)
     assert code == 2 and not out.exists()
+
+
+def test_a_bench_suite_on_a_users_trained_model_with_a_lower_is_better_metric(factories, tmp_path, capsys):
+    suite = tmp_path / "suite.toml"
+    suite.write_text("""
+name = "barnet_loss"
+task = "own_models:barnet_loss"
+seeds = [0, 1, 2]
+budgets = ["size=3bit", "size=4bit"]
+oracle = true
+
+[space]
+weight_bits = [2, 4, 8]
+
+[[searchers]]
+name = "uniform"
+
+[[searchers]]
+name = "random"
+settings = { samples = 4 }
+""")
+    code, _, err = run(capsys, "bench", suite, "--out", tmp_path / "out")
+    assert code == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["objective"] for r in results["runs"]} == {"loss"}
+    assert all(r["higher_is_better"] is False and r["score"] == -r["metric"] for r in results["runs"])
+    assert all(row["regret_mean"] >= -1e-12 for row in results["summary"])
+    oracle = {r["budget_label"]: r["metric"] for r in results["runs"] if r["oracle"]}
+    assert all(r["metric"] >= oracle[r["budget_label"]] - 1e-12 for r in results["runs"])
+    assert "loss (lower is better) mean" in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "pareto.png").exists()
+    first = results["runs"][0]
+    policy = json.loads((tmp_path / "out" / first["policy_file"]).read_text())
+    assert policy["search"]["objective"] == "loss" and policy["search"]["higher_is_better"] is False
+    assert policy["metrics"]["loss"] == first["metric"]

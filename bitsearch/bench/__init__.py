@@ -204,8 +204,8 @@ def prewarm(suite: Suite, *, progress: bool = False) -> None:
     for variant in suite.variants:
         if variant.source_kind != "task":
             continue
-        from ..tasks import get_task
+        from ..tasks import Task, get_source
 
-        task = get_task(variant.source)
-        if not task.shape_only:
+        task = get_source(variant.source)
+        if isinstance(task, Task) and not task.shape_only:
             task.trained_model(variant.width_mult, progress=progress)

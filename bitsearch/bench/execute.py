@@ -163,7 +163,8 @@ def _import_factory(source: str, suite_dir: str):
 def build_problem(spec: ProblemSpec, budgets: Sequence[str], sensitivity: str | None = None):
     """The Problem of ``spec`` under ``budgets`` (with a ``sensitivity`` table estimated
     by that method, or none), built with the same glue as the command line
-    (:func:`bitsearch.build.problem_for_task`), or by a suite's problem factory."""
+    (:func:`bitsearch.build.problem_for`: a task or a user's trained model), or by a suite's
+    problem factory."""
     from ..build import ProblemOptions, SpaceOptions
 
     variant, scoring = spec.variant, spec.scoring
@@ -183,9 +184,9 @@ def build_problem(spec: ProblemSpec, budgets: Sequence[str], sensitivity: str | 
         if not isinstance(problem, Problem):
             raise UserInputError(f"problem {variant.source!r} returned {type(problem).__name__}, not a Problem")
         return problem
-    from ..build import problem_for_task
+    from ..build import problem_for
 
-    return problem_for_task(variant.source, space_options, options, progress=spec.progress)
+    return problem_for(variant.source, space_options, options, progress=spec.progress)
 
 
 def _counter(problem) -> tuple[int, float]:

@@ -134,7 +134,8 @@ def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = 
 
 def model_key(variant: Variant, known: dict | None = None) -> str | None:
     """What names the trained model a variant's runs score with: the task's weights key
-    (its recipe, data, architecture...), or a problem file's digest.  Part of every run
+    (its recipe, data, architecture...; a user's trained model: its ``cache_key``, or
+    None), or a problem file's digest.  Part of every run
     key, so that a changed recipe means new runs, never results of two models mixed by
     a ``--resume``.  (A problem factory's model is the factory's business.)  ``known``:
     keys already computed, by (task, width multiplier)."""
@@ -143,9 +144,10 @@ def model_key(variant: Variant, known: dict | None = None) -> str | None:
     known = {} if known is None else known
     where = (variant.source, variant.width_mult)
     if where not in known:
-        from ..tasks import get_task
+        from ..tasks import Task, get_source
 
-        known[where] = get_task(variant.source).cache_key(variant.width_mult)
+        source = get_source(variant.source)
+        known[where] = source.cache_key(variant.width_mult) if isinstance(source, Task) else source.cache_key
     return known[where]
 
 
