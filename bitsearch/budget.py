@@ -10,7 +10,9 @@ Forms of VALUE:
   activations the reference uses the same width for activations;
 * ``size=12.5%``: a share of the float model's cost;
 * ``latency=frac:0.5``: cheapest + 0.5 x (dearest - cheapest), where cheapest and
-  dearest are the uniform policies at the narrowest and widest choices (HAWQ-V3's form).
+  dearest are the uniform policies at the narrowest and widest choices (HAWQ-V3's form);
+* ``bits=4.5``: effective bits, the average stored bits per quantized weight with
+  scales included (NVIDIA ModelOpt's ``effective_bits``); ``bits=4.5bit`` means the same.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class Budget:
 def parse_budget(text: str) -> BudgetSpec:
     """Parse ``COST=VALUE``; raise :class:`BudgetParseError` with the accepted forms."""
     raw = str(text).strip()
-    hint = ("expected COST=VALUE, e.g. size=1.2MB, size=4bit, size=12.5%, bops=3.5GBOPs, "
+    hint = ("expected COST=VALUE, e.g. size=1.2MB, size=4bit, size=12.5%, bits=4.5, bops=3.5GBOPs, "
             "latency=0.8ms, latency=frac:0.5")
     if "=" not in raw:
         raise BudgetParseError(f"budget {text!r} does not parse: {hint}")
@@ -101,6 +103,9 @@ def parse_budget(text: str) -> BudgetSpec:
             raise BudgetParseError(f"budget {text!r}: a percentage must be positive")
         return BudgetSpec(cost, "percent", pct, raw)
     m = re.fullmatch(r"(" + _NUMBER + r")bits?", low)
+    if m and cost == "bits":  # effective bits are bits already: 4.5bit is 4.5 bits per weight
+        low = m.group(1)
+        m = None
     if m:
         bits = _finite(m.group(1), text)
         if not 1 <= bits <= 32:
@@ -167,12 +172,13 @@ def _reference_act(space: SearchSpace, width: int):
 def cheapest_policy(space: SearchSpace) -> Policy:
     """The uniform policy at the narrowest weight and activation choices."""
     act = None if space.act_bits is None else min(space.act_bits)
-    return Policy.uniform(space, min(space.weight_bits), act)
+    return Policy.uniform(space, space.weight_bits[0], act)
 
 
 def dearest_policy(space: SearchSpace) -> Policy:
+    """The uniform policy at the widest weight and activation choices."""
     act = None if space.act_bits is None else max(space.act_bits)
-    return Policy.uniform(space, max(space.weight_bits), act)
+    return Policy.uniform(space, space.weight_bits[-1], act)
 
 
 def float_cost(space: SearchSpace, model) -> float:

@@ -26,12 +26,28 @@ DEFAULT_ACT_BITS = (8,)
 
 @dataclass(frozen=True)
 class SpaceOptions:
-    """How to turn a model into a search space."""
+    """How to turn a model into a search space (the arguments of
+    :func:`bitsearch.discover.discover`): ``weight_bits`` may mix widths and named formats;
+    ``scale_group`` None (one scale per kernel) or G (one per G weights); ``pins``
+    ``(layer name or pattern, width)`` pairs; ``tie_shared_inputs`` None (tie layers that
+    read one tensor when activations are quantized), True or False."""
 
     granularity: str = "layer"
-    weight_bits: tuple[int, ...] = DEFAULT_WEIGHT_BITS
+    weight_bits: tuple = DEFAULT_WEIGHT_BITS
     act_bits: tuple[int, ...] | None = DEFAULT_ACT_BITS
     pin_first_last: int | None = None
+    scale_group: int | None = None
+    tie_shared_inputs: bool | None = None
+    pins: tuple[tuple[str, object], ...] = ()
+
+    def discover(self, model, example_input, *, model_name: str = "") -> SearchSpace:
+        """The search space of ``model`` under these options."""
+        from .discover import discover
+
+        return discover(model, example_input, granularity=self.granularity, weight_bits=self.weight_bits,
+                        act_bits=self.act_bits, pin_first_last=self.pin_first_last, model_name=model_name,
+                        scale_group=self.scale_group, tie_shared_inputs=self.tie_shared_inputs,
+                        pins=dict(self.pins))
 
 
 @dataclass(frozen=True)
@@ -49,13 +65,9 @@ class ProblemOptions:
 
 def space_for_task(task, options: SpaceOptions = SpaceOptions(), *, width_mult: float = 1.0) -> SearchSpace:
     """The search space of ``task``'s model at ``width_mult``."""
-    from .discover import discover
-
     model = task.trained_model(width_mult) if not task.shape_only else task.build_model(width_mult)
     name = task.name if width_mult == 1.0 else f"{task.name}@x{width_mult:g}"
-    return discover(model, task.example_input(1), granularity=options.granularity,
-                    weight_bits=options.weight_bits, act_bits=options.act_bits,
-                    pin_first_last=options.pin_first_last, model_name=name)
+    return options.discover(model, task.example_input(1), model_name=name)
 
 
 def problem_for_task(task, space_options: SpaceOptions = SpaceOptions(),
@@ -200,17 +212,13 @@ def problem_for_model(model, example_input, *, calibration=None, evaluate: Calla
 def problem_for_trained(trained: TrainedModel, space_options: SpaceOptions | SearchSpace = SpaceOptions(),
                         options: ProblemOptions = ProblemOptions(), *, progress: bool = False) -> Problem:
     """The Problem of a :class:`TrainedModel` (what :func:`problem_for_model` builds)."""
-    from .discover import discover
-
     if options.width_mult != 1.0:
         raise UserInputError(f"a trained model cannot be rebuilt at width multiplier {options.width_mult:g}: "
                              "--width-mult needs a task whose model factory takes one")
     if isinstance(space_options, SearchSpace):
         space = space_options
     elif isinstance(space_options, SpaceOptions):
-        space = discover(trained.model, trained.example_input, granularity=space_options.granularity,
-                         weight_bits=space_options.weight_bits, act_bits=space_options.act_bits,
-                         pin_first_last=space_options.pin_first_last, model_name=trained.name)
+        space = space_options.discover(trained.model, trained.example_input, model_name=trained.name)
     else:
         raise UserInputError(f"space must be SpaceOptions(...) or a SearchSpace, got {type(space_options).__name__}")
     if options.finetune_epochs and trained.evaluate is None:
@@ -395,7 +403,6 @@ def resolve_source(name_or_object):
 
     if isinstance(name_or_object, (TrainedModel, Task)):
         return name_or_object
-
     return get_source(name_or_object)
 
 

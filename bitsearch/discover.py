@@ -2,13 +2,22 @@
 
 One forward pass of the example input, in eval mode and without gradients (the model's
 modes and batch-norm statistics are left as they were), with a hook on every Conv1d,
-Conv2d and Linear layer, measures the MACs per sample and the output sizes.  Layers come
-in the order they first run.  A layer called several times is one layer (its MACs are
-summed over the calls); a layer that never runs is left out, with a warning, since
-quantizing it would change nothing.  Tied groups -- layers that read the same tensor,
-such as a residual block's first convolution and its downsample -- are found by tracing
-the model with ``torch.fx``; a model that cannot be traced gets no tied groups and a
-warning.
+Conv2d, Linear and Embedding layer, measures the MACs per sample and the output sizes.
+Layers come in the order they first run.  A layer called several times is one layer
+(its MACs are summed over the calls); a layer that never runs is left out, with a
+warning, since quantizing it would change nothing.  Embeddings (a transformer's token
+embedding) are listed like any layer, with 0 MACs: pin them to keep them out of the
+search.
+
+Groups of layers that read the same tensor -- a residual block's first convolution and
+its downsample; a transformer's q/k/v projections, or its gate/up projections -- are
+found by tracing the model with ``torch.fx``, or, for models fx cannot trace (Hugging
+Face transformers among them), by watching which layers receive the very same input
+tensor during the example pass.  They are always listed as ``shared_inputs`` (tie
+candidates); they are *tied* (share widths) when ``tie_shared_inputs`` is True, and by
+default when activations are quantized, since layers that read one tensor share one
+activation quantizer.  With float activations (weight-only quantization, as llama.cpp and
+GPTQ do it) nothing forces them to share a width, so they stay free unless asked.
 
 MACs per sample: convolution ``out_elements x in_channels / groups x prod(kernel_size)``
 (grouped and depthwise included), linear ``out_elements x in_features`` (over every
@@ -17,9 +26,10 @@ leading dimension, e.g. tokens), both divided by the example's batch size.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import warnings
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -52,15 +62,18 @@ def _first_tensor(value):
 
 
 class _Record:
-    __slots__ = ("order", "macs", "out_spatial")
+    __slots__ = ("order", "macs", "out_spatial", "first_input")
 
     def __init__(self, order):
         self.order = order
         self.macs = 0
         self.out_spatial = ()
+        self.first_input = None  # the input tensor of the first call (to find shared inputs)
 
 
 def _call_macs(module: nn.Module, kind: str, output: torch.Tensor, batch: int) -> int:
+    if kind == "embedding":
+        return 0
     if kind == "linear":
         total = output.numel() * module.in_features
     else:
@@ -82,12 +95,13 @@ def _measure(model: nn.Module, example_input, layers: dict[str, nn.Module], kind
         kind = kinds[name]
         module = layers[name]
 
-        def hook(_module, _inputs, output):
+        def hook(_module, inputs, output):
             record = records.get(name)
             if record is None:
                 record = records[name] = _Record(len(records))
-                if kind != "linear":
+                if kind not in ("linear", "embedding"):
                     record.out_spatial = tuple(int(d) for d in output.shape[2:]) if output.dim() > 2 else ()
+                record.first_input = inputs[0] if inputs else None
             record.macs += _call_macs(module, kind, output, batch)
 
         return hook
@@ -117,6 +131,9 @@ def _call(model: nn.Module, example_input):
 
 def _layer(name: str, kind: str, module: nn.Module, record: _Record) -> Layer:
     weight = module.weight
+    if kind == "embedding":
+        return Layer(name, kind, params=weight.numel(), macs=0, kernels=module.num_embeddings,
+                     in_features=module.embedding_dim, out_channels=module.embedding_dim)
     bias = 0 if module.bias is None else module.bias.numel()
     if kind == "linear":
         return Layer(name, kind, params=weight.numel(), macs=record.macs, kernels=module.out_features,
@@ -127,10 +144,28 @@ def _layer(name: str, kind: str, module: nn.Module, record: _Record) -> Layer:
                  out_spatial=record.out_spatial, bias_params=bias)
 
 
-def find_tied_groups(model: nn.Module, names: Iterable[str], *, warn: bool = True) -> tuple[tuple[str, ...], ...]:
+def shared_input_groups(records: dict, order) -> tuple[tuple[str, ...], ...]:
+    """Groups of layers whose first call received the very same input tensor object."""
+    groups: list[list[str]] = []
+    seen: list[torch.Tensor] = []
+    for name in order:
+        tensor = records[name].first_input
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue  # token indices (an embedding's input) are not a shared activation
+        for i, other in enumerate(seen):
+            if other is tensor:
+                groups[i].append(name)
+                break
+        else:
+            seen.append(tensor)
+            groups.append([name])
+    return tuple(tuple(g) for g in groups if len(g) > 1)
+
+
+def find_tied_groups(model: nn.Module, names: Iterable[str], *, warn: bool = True) -> tuple[tuple[str, ...], ...] | None:
     """Groups of the given layers whose input is the same tensor (found with torch.fx).
 
-    Returns no groups (and warns, unless ``warn=False``) when the model cannot be traced.
+    Returns None (and warns, when ``warn``) when the model cannot be traced.
     """
     import torch.fx
 
@@ -146,13 +181,12 @@ def find_tied_groups(model: nn.Module, names: Iterable[str], *, warn: bool = Tru
 
     try:
         graph = Tracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means: no ties
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: ask the example pass
         if warn:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            warnings.warn(f"bitsearch could not trace {type(model).__name__} with torch.fx ({reason[:160]}), so "
-                          f"no tied layer groups were found; layers that read the same tensor will get "
-                          f"independent widths", stacklevel=3)
-        return ()
+            warnings.warn(f"bitsearch could not trace {type(model).__name__} with torch.fx ({reason[:160]})",
+                          stacklevel=3)
+        return None
     readers: dict[object, list[str]] = {}
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in by_path:
@@ -174,15 +208,22 @@ def find_tied_groups(model: nn.Module, names: Iterable[str], *, warn: bool = Tru
 
 
 def discover(model: nn.Module, example_input, *, granularity: str = "layer",
-             weight_bits: Iterable[int] = DEFAULT_WEIGHT_BITS, act_bits: Iterable[int] | None = (8,),
-             pin_first_last: int | None = None, model_name: str = "", warn: bool = True) -> SearchSpace:
-    """The search space of ``model``: its Conv1d, Conv2d and Linear layers (see the module
-    docstring for how they are measured), tied groups, and optional pins.
+             weight_bits: Iterable = DEFAULT_WEIGHT_BITS, act_bits: Iterable[int] | None = (8,),
+             pin_first_last: int | None = None, model_name: str = "", warn: bool = True,
+             scale_group: int | None = None, tie_shared_inputs: bool | None = None,
+             pins: Mapping[str, object] | None = None) -> SearchSpace:
+    """The search space of ``model``: its Conv1d, Conv2d, Linear and Embedding layers (see
+    the module docstring for how they are measured), tied groups, and optional pins.
 
     ``example_input``: a batch (any batch size; MACs are per sample), or a tuple / dict
-    of arguments.  ``pin_first_last=8`` pins the first and the last layer to 8-bit weights
-    and 8-bit activations (float activations when ``act_bits`` is None), with their tied
-    groups.  The model is not modified.
+    of arguments.  ``weight_bits``: widths and named formats (``4, 8, "fp8_e4m3"``).
+    ``scale_group``: None for one scale per kernel, G for one per G weights.
+    ``pin_first_last=8`` pins the first and the last layer to 8-bit weights and 8-bit
+    activations (float activations when ``act_bits`` is None), with their tied groups.
+    ``pins``: more pins, layer name (or an ``fnmatch`` pattern such as ``*embed_tokens``)
+    -> weight width or format (activations as ``pin_first_last``'s), or a
+    :class:`~bitsearch.space.Pin`.  ``tie_shared_inputs``: tie the layers that read one
+    tensor (default: when activations are quantized).  The model is not modified.
     """
     if not isinstance(model, nn.Module):
         raise DiscoveryError(f"discover needs a torch.nn.Module, got {type(model).__name__}")
@@ -197,7 +238,7 @@ def discover(model: nn.Module, example_input, *, granularity: str = "layer",
         warnings.warn(f"layers {skipped} subclass Conv/Linear with their own forward; bitsearch leaves them in "
                       "float and out of the search space", stacklevel=2)
     if not layers:
-        raise DiscoveryError(f"{type(model).__name__} has no Conv1d, Conv2d or Linear layer to quantize")
+        raise DiscoveryError(f"{type(model).__name__} has no Conv1d, Conv2d, Linear or Embedding layer to quantize")
     records = _measure(model, example_input, layers, kinds)
     never_ran = [name for name in layers if name not in records]
     if warn and never_ran:
@@ -205,18 +246,36 @@ def discover(model: nn.Module, example_input, *, granularity: str = "layer",
                       "only); they are left out of the search space", stacklevel=2)
     order = sorted(records, key=lambda n: records[n].order)
     if not order:
-        raise DiscoveryError(f"none of {type(model).__name__}'s Conv1d, Conv2d or Linear layers ran on the example "
-                             "input")
+        raise DiscoveryError(f"none of {type(model).__name__}'s Conv1d, Conv2d, Linear or Embedding layers ran on "
+                             "the example input")
     space_layers = tuple(_layer(name, kinds[name], layers[name], records[name]) for name in order)
-    tied = find_tied_groups(model, order, warn=warn)
+    shared = find_tied_groups(model, order, warn=False)
+    if shared is None:  # fx cannot trace it: the example pass saw which layers read one tensor
+        shared = shared_input_groups(records, order)
+    for record in records.values():
+        record.first_input = None
+    if tie_shared_inputs is None:
+        tie_shared_inputs = act_bits is not None
+    tied = shared if tie_shared_inputs else ()
     pinned = {}
+    pin_act = None if act_bits is None else max(act_bits)
     if pin_first_last is not None:
         act = None if act_bits is None else int(pin_first_last)
         for name in (order[0], order[-1]):
             group = next((g for g in tied if name in g), (name,))
             for member in group:
                 pinned[member] = Pin(int(pin_first_last), act)
+    for pattern, value in (pins or {}).items():
+        matched = [n for n in order if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise DiscoveryError(f"--pin {pattern}: no layer matches (layers: {', '.join(order[:6])}"
+                                 f"{', ...' if len(order) > 6 else ''})")
+        for name in matched:
+            group = next((g for g in tied if name in g), (name,))
+            for member in group:
+                pinned[member] = value if isinstance(value, Pin) else Pin(value, pin_act)
     return SearchSpace(space_layers, weight_bits=tuple(weight_bits),
                        act_bits=None if act_bits is None else tuple(act_bits), granularity=granularity,
                        tied=tied, pinned=tuple(pinned.items()), model_name=model_name,
-                       fingerprint=layers_fingerprint(space_layers))
+                       fingerprint=layers_fingerprint(space_layers), scale_group=scale_group,
+                       shared_inputs=shared)

@@ -98,7 +98,9 @@ class Encoding:
     def decode(self, weights, acts=None, *, meta: dict | None = None) -> Policy:
         space = self.space
         weights = np.asarray(weights, dtype=np.int64)
-        widths = np.asarray(space.weight_bits, dtype=np.int64)[weights]
+        choices = space.weight_bits
+        named = any(isinstance(c, str) for c in choices)  # named formats: layer granularity, indexed as a tuple
+        widths = None if named else np.asarray(choices, dtype=np.int64)[weights]
         pins = space.pins
         kernel = self.granularity == "kernel"
         bits = []
@@ -110,20 +112,25 @@ class Encoding:
                 continue
             a = space.act_bits[int(acts[self.layer_group[i]])] if space.act_searched else self._fixed_act
             sl = self.layer_slices[i]
-            w = tuple(widths[sl].tolist()) if kernel else int(widths[sl.start])
+            if named:
+                w = choices[int(weights[sl.start])]
+            else:
+                w = tuple(widths[sl].tolist()) if kernel else int(widths[sl.start])
             bits.append((layer.name, LayerBits(w, a)))
         return Policy(tuple(bits), space.granularity,
-                      meta or {"model": {"name": space.model_name, "fingerprint": space.fingerprint}})
+                      meta or {"model": {"name": space.model_name, "fingerprint": space.fingerprint}},
+                      space.scale_group)
 
     def encode(self, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
         space = self.space
-        lookup = np.full(max(space.weight_bits) + 1, -1, dtype=np.int64)
-        lookup[list(space.weight_bits)] = np.arange(self.n_weight_choices)
         weights = np.zeros(self.n_weight_units, dtype=np.int64)
         if self.granularity == "layer":  # a unit takes the width of its group's first layer
+            index = {b: k for k, b in enumerate(space.weight_bits)}  # widths and named formats
             for u, i in enumerate(self.unit_layer.tolist()):
-                weights[u] = lookup[policy[space.layers[i].name].kernel_bits(1)[0]]
+                weights[u] = index[policy[space.layers[i].name].kernel_bits(1)[0]]
         else:
+            lookup = np.full(max(space.weight_bits) + 1, -1, dtype=np.int64)
+            lookup[list(space.weight_bits)] = np.arange(self.n_weight_choices)
             for i, sl in self.layer_slices.items():
                 layer = space.layers[i]
                 weights[sl] = lookup[np.asarray(policy[layer.name].kernel_bits(layer.kernels), dtype=np.int64)]

@@ -30,7 +30,14 @@ def to_csv(policy: Policy) -> str:
     return out.getvalue()
 
 
-FORMATS = {"csv": to_csv, "hawq": to_hawq, "nncf": to_nncf}
+def to_llamacpp(policy: Policy) -> str:
+    """A ``--tensor-type-file`` for llama.cpp's ``llama-quantize`` (see :mod:`bitsearch.llamacpp`)."""
+    from .llamacpp import to_tensor_type_file
+
+    return to_tensor_type_file(policy)
+
+
+FORMATS = {"csv": to_csv, "hawq": to_hawq, "nncf": to_nncf, "llama.cpp": to_llamacpp}
 
 
 def export_policy(policy: Policy, fmt: str) -> str:

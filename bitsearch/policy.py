@@ -13,6 +13,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from . import formats
 from ._io import atomic_write_text, dumps, parse_json, read_input, stable_key
 from .errors import PolicyError
 from .space import SearchSpace
@@ -29,10 +30,11 @@ TIMING_FIELDS = ("seconds",)
 
 @dataclass(frozen=True)
 class LayerBits:
-    """Widths of one layer: ``weight_bits`` an int, or a tuple with one int per kernel;
-    ``act_bits`` an int, or None for float activations."""
+    """Widths of one layer: ``weight_bits`` an int, a named format (``"nvfp4"``: see
+    :mod:`bitsearch.formats`), or a tuple with one int per kernel; ``act_bits`` an int, or
+    None for float activations."""
 
-    weight_bits: int | tuple[int, ...]
+    weight_bits: int | str | tuple[int, ...]
     act_bits: int | None
 
     def __post_init__(self):
@@ -42,6 +44,8 @@ class LayerBits:
         elif isinstance(w, (list, tuple)):
             w = tuple(map(int, w))
             object.__setattr__(self, "weight_bits", w)
+        elif isinstance(w, str):
+            object.__setattr__(self, "weight_bits", formats.normalize_choice(w))
         elif w is not None:
             object.__setattr__(self, "weight_bits", int(w))
         a = self.act_bits
@@ -60,11 +64,16 @@ class LayerBits:
 
     @property
     def max_weight_bits(self) -> int:
-        return max(self.weight_bits) if self.per_kernel else self.weight_bits
+        """The widest kernel's width (a named format's element bits)."""
+        return max(self.weight_bits) if self.per_kernel else formats.element_bits(self.weight_bits)
 
     @property
     def mean_weight_bits(self) -> float:
-        return sum(self.weight_bits) / len(self.weight_bits) if self.per_kernel else float(self.weight_bits)
+        """The mean width over kernels (a named format: its bits per weight without per-kernel
+        scales, e.g. 4.5 for nvfp4)."""
+        if self.per_kernel:
+            return sum(self.weight_bits) / len(self.weight_bits)
+        return formats.nominal_bits(self.weight_bits)
 
 
 @dataclass(frozen=True)
@@ -74,11 +83,15 @@ class Policy:
     ``bits``: ordered ``(layer name, LayerBits)`` pairs (the layer order of the space).
     ``meta``: the optional JSON sections (``model``, ``budgets``, ``costs``,
     ``metrics``, ``search``); it does not take part in equality or hashing.
+    ``scale_group``: the scale granularity the widths are meant with (None: one scale per
+    kernel, or unstated -- :func:`validate_policy` then takes the space's; G: one fp16
+    scale per G weights, see :mod:`bitsearch.formats`).
     """
 
     bits: tuple[tuple[str, LayerBits], ...]
     granularity: str = "layer"
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    scale_group: int | None = None
     # name -> LayerBits (built on first lookup) and arrays derived for a space (cost/)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
@@ -122,15 +135,17 @@ class Policy:
 
     @property
     def key(self) -> str:
-        """A stable hash of the widths (not of the metadata)."""
+        """A stable hash of the widths and the scale granularity (not of the metadata)."""
         key = self._cache.get("key")
         if key is None:
             key = self._cache["key"] = self._key()
         return key
 
     def _key(self) -> str:
-        return stable_key(*([n, list(b.weight_bits) if b.per_kernel else b.weight_bits, b.act_bits]
-                            for n, b in self.bits), length=20)
+        parts = [[n, list(b.weight_bits) if b.per_kernel else b.weight_bits, b.act_bits] for n, b in self.bits]
+        if self.scale_group is not None:
+            parts.append(["scale_group", self.scale_group])
+        return stable_key(*parts, length=20)
 
     def with_meta(self, **sections) -> "Policy":
         meta = dict(self.meta)
@@ -157,7 +172,7 @@ class Policy:
             else:
                 bits.append((layer.name, _layer_bits(space, layer.kernels, weight_bits, act_bits)))
         return cls(tuple(bits), space.granularity,
-                   {"model": {"name": space.model_name, "fingerprint": space.fingerprint}})
+                   {"model": {"name": space.model_name, "fingerprint": space.fingerprint}}, space.scale_group)
 
     # --- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -165,6 +180,8 @@ class Policy:
         if "model" in self.meta:
             out["model"] = self.meta["model"]
         out["granularity"] = self.granularity
+        if self.scale_group is not None:
+            out["scale_group"] = self.scale_group
         out["layers"] = {n: {"weight_bits": list(b.weight_bits) if b.per_kernel else b.weight_bits,
                              "act_bits": b.act_bits} for n, b in self.bits}
         for section in ("budgets", "costs", "metrics", "search"):
@@ -205,6 +222,10 @@ class Policy:
         granularity = data.get("granularity", "layer")
         if granularity not in ("layer", "kernel"):
             problems.append(f"'granularity' {granularity!r} is not 'layer' or 'kernel'")
+        scale_group = data.get("scale_group")
+        if scale_group is not None and (not _is_int(scale_group) or scale_group < 1):
+            problems.append(f"'scale_group' must be a positive integer (weights per scale) or absent, got "
+                            f"{scale_group!r}")
         bits = []
         for name, entry in layers.items():
             if not isinstance(entry, Mapping) or "weight_bits" not in entry:
@@ -215,9 +236,14 @@ class Policy:
                 if not w or not all(_is_int(b) for b in w):
                     problems.append(f"layer {name!r}: per-kernel 'weight_bits' must be a non-empty list of integers")
                     continue
+            elif isinstance(w, str):
+                if w not in formats.FORMATS:
+                    problems.append(f"layer {name!r}: 'weight_bits' must be an integer or a format name "
+                                    f"({', '.join(formats.FORMATS)}), got {w!r}")
+                    continue
             elif not _is_int(w):
-                problems.append(f"layer {name!r}: 'weight_bits' must be an integer or a list of integers "
-                                f"(got {w!r})")
+                problems.append(f"layer {name!r}: 'weight_bits' must be an integer, a format name or a list of "
+                                f"integers (got {w!r})")
                 continue
             if a is not None and not _is_int(a):
                 problems.append(f"layer {name!r}: 'act_bits' must be an integer or null (got {a!r})")
@@ -225,8 +251,9 @@ class Policy:
             bits.append((name, LayerBits(tuple(w) if isinstance(w, list) else w, a)))
         if problems:
             raise PolicyError(problems, source)
-        meta = {k: v for k, v in data.items() if k not in ("schema", "schema_version", "layers", "granularity")}
-        return cls(tuple(bits), granularity, meta)
+        meta = {k: v for k, v in data.items()
+                if k not in ("schema", "schema_version", "layers", "granularity", "scale_group")}
+        return cls(tuple(bits), granularity, meta, scale_group)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str | None = None) -> "Policy":
@@ -288,6 +315,11 @@ def validate_policy(policy: Policy, space: SearchSpace, *, source: str | None = 
         if bits.act_bits not in act_choices:
             problems.append(f"layer {name!r}: act bits {_fmt_act(bits.act_bits)} are not among "
                             f"the choices {[_fmt_act(a) for a in act_choices]}")
+    if policy.scale_group is not None and policy.scale_group != space.scale_group:
+        problems.append(f"the policy's widths are meant with {_scales(policy.scale_group)}, but the space has "
+                        f"{_scales(space.scale_group)}"
+                        + (f": pass --scale-group {policy.scale_group}" if policy.scale_group else
+                           ": leave out --scale-group"))
     for group in space.tied:
         present = [given[n] for n in group if n in given]
         if len({b.act_bits for b in present}) > 1:
@@ -303,9 +335,14 @@ def validate_policy(policy: Policy, space: SearchSpace, *, source: str | None = 
         if not kernel_space and b.per_kernel:
             b = LayerBits(b.weight_bits[0], b.act_bits)
         ordered.append((layer.name, b))
-    if tuple(ordered) == policy.bits and policy.granularity == space.granularity:
+    if tuple(ordered) == policy.bits and policy.granularity == space.granularity \
+            and policy.scale_group == space.scale_group:
         return policy
-    return replace(policy, bits=tuple(ordered), granularity=space.granularity)
+    return replace(policy, bits=tuple(ordered), granularity=space.granularity, scale_group=space.scale_group)
+
+
+def _scales(scale_group) -> str:
+    return "one scale per kernel" if scale_group is None else f"one scale per {scale_group} weights"
 
 
 def _few(names, limit=6) -> str:

@@ -27,7 +27,7 @@ What an evaluator is, is written down here as three protocols, each adding to th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 from .budget import Budget, BudgetSpec, check_feasible, format_cost, parse_budget, resolve_budget
@@ -37,7 +37,7 @@ from .policy import Policy, validate_policy
 from .sensitivity.table import SensitivityTable
 from .space import SearchSpace
 
-REPORTED_COSTS = ("size", "bops", "energy", "bitfusion")
+REPORTED_COSTS = ("size", "bits", "bops", "energy", "bitfusion")
 
 
 @runtime_checkable
@@ -213,14 +213,14 @@ class Problem:
         """
         models: dict[str, CostModel] = {}
         for name in report:
-            models[name] = make_cost_model(name)
+            models[name] = make_cost_model(name, space=space)
         if latency_table:
             models["latency"] = make_cost_model("latency", latency_table=latency_table)
         models.update(cost_models or {})
         specs = [parse_budget(b) if isinstance(b, str) else b for b in budgets]
         for spec in specs:
             if spec.cost not in models:
-                models[spec.cost] = make_cost_model(spec.cost, latency_table=latency_table)
+                models[spec.cost] = make_cost_model(spec.cost, latency_table=latency_table, space=space)
         for model in models.values():
             model.validate(space)
         resolved = tuple(resolve_budget(spec, space, models[spec.cost]) for spec in specs)
@@ -266,8 +266,12 @@ class Problem:
         return None if self.evaluator is None else self.evaluator.metric_kind
 
     def evaluate(self, policy: Policy) -> dict[str, float]:
-        """Metrics of ``policy``: the evaluator's (``top1``, ``loss``...) and the table's."""
+        """Metrics of ``policy``: the evaluator's (``top1``, ``loss``...) and the table's.
+
+        A policy that does not state its scale granularity is scored with the space's."""
         metrics: dict[str, float] = {}
+        if policy.scale_group is None and self.space.scale_group is not None:
+            policy = replace(policy, scale_group=self.space.scale_group)
         if self.evaluator is not None:
             scored = self.evaluator.evaluate(policy)
             if self.evaluator.metric not in scored:

@@ -13,20 +13,22 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Iterable, Mapping
 
+from . import formats
 from .errors import SpaceError
 
-KINDS = ("conv1d", "conv2d", "linear")
+KINDS = ("conv1d", "conv2d", "linear", "embedding")
 GRANULARITIES = ("layer", "kernel")
 FLOAT_BITS = 32  # what cost models charge for a float operand
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One quantizable layer (a Conv1d, Conv2d or Linear module).
+    """One quantizable layer (a Conv1d, Conv2d, Linear or Embedding module).
 
     ``params`` counts the weight elements (what gets quantized); ``bias_params`` the
     bias, which stays in 32-bit.  ``macs`` are per sample.  ``kernels`` is the number of
-    output channels: one kernel is the slice of weights that produces one output channel.
+    output channels: one kernel is the slice of weights that produces one output channel
+    (for an embedding: one row, the vector of one token; its ``macs`` are 0, a lookup).
     """
 
     name: str
@@ -56,6 +58,11 @@ class Layer:
     @property
     def params_per_kernel(self) -> float:
         return self.params / self.kernels
+
+    @property
+    def fan_in(self) -> int:
+        """Weights per kernel: the length of the rows scale groups are cut from."""
+        return self.params // self.kernels
 
     def to_dict(self) -> dict:
         get = self.__dict__
@@ -106,6 +113,16 @@ class SearchSpace:
     granularity each kernel is its own decision, so only activations are shared.)
     ``pinned``: layer name -> :class:`Pin`; pinned layers are not searched and may use
     widths outside the choices (e.g. first and last layer at 8 bits).
+    ``weight_bits`` may mix integer widths and named formats (``fp8_e4m3``, ``nvfp4``,
+    ``mxfp4``: see :mod:`bitsearch.formats`); choices are kept in order of bits per
+    weight (:func:`bitsearch.formats.sort_key`), so ``weight_bits[0]`` is the narrowest
+    and ``weight_bits[-1]`` the widest.  Named formats need layer granularity.
+    ``scale_group``: the scale granularity of integer widths and ``fp8_e4m3``: None for
+    one fp32 scale per kernel, or G for one fp16 scale per G weights along each kernel's
+    input (32, 64, 128...); the ``size`` and ``bits`` costs count the scales.
+    ``shared_inputs``: groups of layers found to read the same tensor (q/k/v of an
+    attention block, gate/up of a SwiGLU MLP), offered as tie candidates: those in
+    ``tied`` are tied, the others may take different widths.
     """
 
     layers: tuple[Layer, ...]
@@ -116,27 +133,47 @@ class SearchSpace:
     pinned: tuple[tuple[str, Pin], ...] = ()
     model_name: str = ""
     fingerprint: str = ""
+    scale_group: int | None = None
+    shared_inputs: tuple[tuple[str, ...], ...] = ()
     _index: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
     # derived arrays (layer facts, cost columns...), computed once per space: see cached()
     _cache: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
-        object.__setattr__(self, "weight_bits", tuple(sorted({int(b) for b in self.weight_bits})))
+        problems = []
+        choices = []
+        for b in self.weight_bits:
+            b = formats.normalize_choice(b)
+            try:
+                formats.check_choice(b)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            choices.append(b)
+        object.__setattr__(self, "weight_bits", formats.sort_choices(choices))
         if self.act_bits is not None:
             object.__setattr__(self, "act_bits", tuple(sorted({int(b) for b in self.act_bits})))
         object.__setattr__(self, "tied", tuple(tuple(g) for g in self.tied))
+        object.__setattr__(self, "shared_inputs", tuple(tuple(g) for g in self.shared_inputs))
         pinned = self.pinned.items() if isinstance(self.pinned, Mapping) else self.pinned
         pinned = tuple(sorted((str(n), p if isinstance(p, Pin) else Pin(*p)) for n, p in pinned))
         object.__setattr__(self, "pinned", pinned)
-        problems = []
         if not self.layers:
             problems.append("the space has no layers")
         if not self.weight_bits:
             problems.append("no weight-bit choices")
-        for bits in self.weight_bits + (self.act_bits or ()):
+        for bits in self.act_bits or ():
             if not 1 <= bits <= 32:
                 problems.append(f"bit width {bits} is outside 1..32")
+        named = [b for b in self.weight_bits if formats.is_named(b)]
+        if named and self.granularity != "layer":
+            problems.append(f"named formats ({', '.join(named)}) are chosen per layer (a tensor has one format): "
+                            "use layer granularity")
+        try:
+            formats.check_scale_group(self.scale_group)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.act_bits is not None and not self.act_bits:
             problems.append("act_bits is empty: give widths, or None for float activations")
         if self.granularity not in GRANULARITIES:
@@ -157,11 +194,21 @@ class SearchSpace:
         for name, pin in self.pinned:
             if name not in index:
                 problems.append(f"pinned layer {name!r} is not a layer of the space")
-            for what, bits in (("weight", pin.weight_bits), ("activation", pin.act_bits)):
-                if bits is None and what == "activation":
-                    continue
-                if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
-                    problems.append(f"pinned layer {name!r}: {what} bits {bits!r} are not a width in 1..32")
+            elif isinstance(pin.weight_bits, str):
+                try:
+                    formats.check_choice(pin.weight_bits)
+                except ValueError as exc:
+                    problems.append(f"pinned layer {name!r}: {exc}")
+            elif isinstance(pin.weight_bits, bool) or not isinstance(pin.weight_bits, int) \
+                    or not 1 <= pin.weight_bits <= 32:
+                problems.append(f"pinned layer {name!r}: weight bits {pin.weight_bits!r} are not a width in 1..32")
+            bits = pin.act_bits
+            if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32):
+                problems.append(f"pinned layer {name!r}: activation bits {bits!r} are not a width in 1..32")
+        for group in self.shared_inputs:
+            for name in group:
+                if name not in index:
+                    problems.append(f"layer {name!r} of a shared-input group is not a layer of the space")
         pinned_names = {n for n, _ in self.pinned}
         for group in self.tied:
             inside = [n for n in group if n in pinned_names]
@@ -305,7 +352,8 @@ class SearchSpace:
             "tied": [list(g) for g in self.tied],
             "pinned": {n: {"weight_bits": p.weight_bits, "act_bits": p.act_bits} for n, p in self.pinned},
             "layers": [layer.to_dict() for layer in self.layers],
-        }
+        } | ({"scale_group": self.scale_group} if self.scale_group is not None else {}) \
+          | ({"shared_inputs": [list(g) for g in self.shared_inputs]} if self.shared_inputs else {})
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "SearchSpace":
@@ -323,6 +371,8 @@ class SearchSpace:
             pinned=tuple((n, Pin(p["weight_bits"], p.get("act_bits"))) for n, p in data.get("pinned", {}).items()),
             model_name=model.get("name", ""),
             fingerprint=model.get("fingerprint", ""),
+            scale_group=data.get("scale_group"),
+            shared_inputs=tuple(tuple(g) for g in data.get("shared_inputs", ())),
         )
 
     def to_json(self) -> str:
@@ -407,3 +457,9 @@ def parse_bits(text: str, *, allow_none: bool = False) -> tuple[int, ...] | None
     if bad:
         raise UserInputError(f"bit widths {bad} are outside 1..16")
     return tuple(sorted(out))
+
+
+def parse_weight_choices(text: str) -> tuple:
+    """Parse weight choices: ``2-8``, ``2,3,4,8``, or widths mixed with named formats
+    (``4,8,fp8_e4m3``; see :mod:`bitsearch.formats`), in order of bits per weight."""
+    return formats.parse_choices(text)

@@ -871,7 +871,8 @@ def _problem(c: _Columns, budgets: Iterable[str], granularity: str, source: str)
         space = SearchSpace(tuple(layers), weight_bits=weight_bits, act_bits=act_bits, granularity=granularity,
                             tied=tuple(tuple(g) for g in header.get("tied", []) or []), pinned=pinned,
                             model_name=model.get("name", "") or Path(source).stem,
-                            fingerprint=model.get("fingerprint", "") or layers_fingerprint(layers))
+                            fingerprint=model.get("fingerprint", "") or layers_fingerprint(layers),
+                            scale_group=header.get("scale_group"))
     except UserInputError as exc:
         raise ProblemFileError(f"{source}: {exc}") from None
     with_rows = counts > 0
@@ -899,7 +900,7 @@ def _problem(c: _Columns, budgets: Iterable[str], granularity: str, source: str)
         model_.per_kernel = per_kernel.get(cost, "sum")
         tables[cost] = model_
     with_macs = "macs" in facts and bool(np.all(facts["macs"] > 0))
-    report = ["size"] + ([name for name in ANALYTIC if name != "size"] if with_macs else [])
+    report = ["size", "bits"] + ([name for name in ANALYTIC if name != "size"] if with_macs else [])
     report = [name for name in report if name not in tables]
     budgets = list(budgets)
     for text in budgets:
@@ -984,7 +985,7 @@ def _explicit_costs(problem: Problem) -> dict:
                               "file cannot hold it, so it is left out", stacklevel=3)
                 continue
             explicit[name] = (model, acts[0])
-        elif name not in ANALYTIC:
+        elif name not in ANALYTIC and name != "bits":  # bits: recomputed from the layers' params
             warnings.warn(f"cost {name!r} ({type(model).__name__}) is not a table: left out of the problem file",
                           stacklevel=3)
     return explicit
@@ -1014,6 +1015,8 @@ def _header(problem: Problem, explicit: dict) -> dict:
     if table.method:
         out["sensitivity_method"] = table.method
     out["weight_bits"] = list(space.weight_bits)
+    if space.scale_group is not None:
+        out["scale_group"] = space.scale_group
     out["act_bits"] = None if space.act_bits is None else list(space.act_bits)
     if explicit:
         out["cost_units"] = {name: model.unit for name, (model, _) in explicit.items()}

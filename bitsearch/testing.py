@@ -225,7 +225,7 @@ def check_budgets_kept_exactly(case: ConformanceCase, granularity: str) -> None:
         result = case.run(problem)
         space = case.space_of(result, problem)
         for budget in problem.budgets:
-            fresh = make_cost_model(budget.cost) if budget.cost in ANALYTIC else problem.costs[budget.cost]
+            fresh = make_cost_model(budget.cost, space=space) if budget.cost in ANALYTIC else problem.costs[budget.cost]
             cost = fresh.cost(space, result.policy)
             assert cost <= budget.limit, f"{case.name} {budgets}: {budget.cost} {cost} > {budget.limit}"
             assert result.costs[budget.cost] == cost, f"{case.name}: result.costs[{budget.cost!r}] is not exact"

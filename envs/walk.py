@@ -610,7 +610,7 @@ class QuantWalk:
                 if self.objective in metrics:
                     reference = float(metrics[self.objective])
             if reference is None and self.lower_is_better:
-                candidates = sorted(space.weight_bits, reverse=True)
+                candidates = list(reversed(space.weight_bits))  # widest first (choices are sorted)
                 act = None if space.act_bits is None else max(space.act_bits)
                 chosen = None
                 for w in candidates:
@@ -619,15 +619,15 @@ class QuantWalk:
                         chosen = policy
                         break
                 if chosen is None:
-                    chosen = Policy.uniform(space, min(space.weight_bits),
+                    chosen = Policy.uniform(space, space.weight_bits[0],
                                             None if space.act_bits is None else min(space.act_bits))
                 reference = float(self._score_uncached(chosen)[self.objective])
                 if reference <= 0:
-                    cheapest = Policy.uniform(space, min(space.weight_bits),
+                    cheapest = Policy.uniform(space, space.weight_bits[0],
                                               None if space.act_bits is None else min(space.act_bits))
                     reference = float(self._score_uncached(cheapest)[self.objective])
             elif reference is None:
-                widest = Policy.uniform(space, max(space.weight_bits),
+                widest = Policy.uniform(space, space.weight_bits[-1],
                                         None if space.act_bits is None else max(space.act_bits))
                 reference = float(self._score_uncached(widest)[self.objective])
             if self.lower_is_better and reference <= 0:
@@ -663,7 +663,7 @@ class QuantWalk:
                 model = self.problem.costs[name]
                 norm = limits.get(name)
                 if norm is None:
-                    norm = model.cost(self.space, Policy.uniform(self.space, max(self.space.weight_bits)))
+                    norm = model.cost(self.space, Policy.uniform(self.space, self.space.weight_bits[-1]))
                 r -= float(psi) * math.log(max(model.cost(self.space, policy), 1e-300) / max(norm, 1e-300))
         return r * self.reward_scale
 

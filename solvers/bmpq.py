@@ -96,6 +96,12 @@ class BMPQSearcher(BaseSearcher):
         calibration = evaluator.calibration
         float_model = evaluator.model
         lr = s.lr if s.lr is not None else evaluator.finetune_lr
+        named = [b for b in space.weight_bits if isinstance(b, str)]
+        if named:
+            from bitsearch.errors import SearcherUnsupportedError
+
+            raise SearcherUnsupportedError(f"searcher 'bmpq' measures bit-gradients between integer widths; named "
+                                           f"formats ({', '.join(named)}) are not among them: use ilp, haq or autoq")
         low, high = min(space.weight_bits), max(space.weight_bits)
         grid = list(range(low, high + 1))
         columns = [grid.index(b) for b in space.weight_bits]

@@ -364,6 +364,10 @@ class FracBitsSearcher(BaseSearcher):
         import torch
 
         space = problem.space
+        named = [b for b in space.weight_bits if isinstance(b, str)]
+        if named:
+            raise SearcherUnsupportedError(f"searcher 'fracbits' relaxes integer widths into each other; named "
+                                           f"formats ({', '.join(named)}) are not on that line: use ilp, haq or autoq")
         if min(space.weight_bits) < 2 or (space.act_bits is not None and min(space.act_bits) < 2):
             raise SearcherUnsupportedError("searcher 'fracbits' quantizes symmetrically: widths must be >= 2 bits")
         evaluator = problem.evaluator
@@ -400,7 +404,7 @@ class FracBitsSearcher(BaseSearcher):
         needs_range = [layer.name for layer in space.layers
                        if (pins[layer.name].act_bits if layer.name in pins else space.act_bits) is not None]
         ranges = calibrate_input_ranges(model, needs_range, evaluator.calibration) if needs_range else {}
-        fq = FractionalQuantModel(model, names, space.weight_bits, space.act_bits, ranges)
+        fq = FractionalQuantModel(model, names, space.weight_bits, space.act_bits, ranges, space.scale_group)
         return model, fq
 
     def _batches(self, evaluator, seed):

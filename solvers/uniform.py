@@ -12,7 +12,7 @@ def uniform_candidates(space):
     acts = [None] if space.act_bits is None else sorted(space.act_bits, reverse=True)
     if not space.act_searched:
         acts = acts[:1]
-    return [(w, a) for w in sorted(space.weight_bits, reverse=True) for a in acts]
+    return [(w, a) for w in reversed(space.weight_bits) for a in acts]  # choices are sorted narrowest first
 
 
 def widest_uniform(problem):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 # the small synthetic problems ship in bitsearch.testing (for searcher packages too)
+from bitsearch.problem import Problem
+from bitsearch.space import Layer, SearchSpace
 from bitsearch.testing import conv, linear, small_layers, small_problem, small_space, synthetic_sensitivity  # noqa: F401
 
 
@@ -49,3 +51,42 @@ def pairwise_problem(budgets=("size=3bit",), granularity="layer", seed=0, streng
     table = synthetic_sensitivity(space, seed)
     table = replace(table, pairwise=synthetic_pairwise(space, seed, strength, table))
     return Problem.build(space, budgets, sensitivity=table)
+
+
+def llama_layers(blocks=8, hidden=64, kv=32, mlp=128, vocab=96, tokens=16):
+    """The layers of a Llama-style transformer with Hugging Face names (no torch)."""
+    out = [Layer("model.embed_tokens", "embedding", params=vocab * hidden, macs=0, kernels=vocab,
+                 in_features=hidden, out_channels=hidden)]
+    shapes = (("self_attn.q_proj", hidden, hidden), ("self_attn.k_proj", hidden, kv),
+              ("self_attn.v_proj", hidden, kv), ("self_attn.o_proj", hidden, hidden),
+              ("mlp.gate_proj", hidden, mlp), ("mlp.up_proj", hidden, mlp), ("mlp.down_proj", mlp, hidden))
+    for i in range(blocks):
+        for name, fin, fout in shapes:
+            out.append(Layer(f"model.layers.{i}.{name}", "linear", params=fin * fout, macs=fin * fout * tokens,
+                             kernels=fout, in_features=fin, out_channels=fout))
+    out.append(Layer("lm_head", "linear", params=hidden * vocab, macs=hidden * vocab * tokens, kernels=vocab,
+                     in_features=hidden, out_channels=vocab))
+    return tuple(out)
+
+
+def llama_problem(budgets=("bits=4.5",), granularity="layer", seed=0, **space_kw):
+    """A tabular Llama-style problem (synthetic sensitivities), weight-only, widths 2..8."""
+    space_kw.setdefault("weight_bits", (2, 3, 4, 5, 6, 8))
+    space_kw.setdefault("act_bits", None)
+    space = SearchSpace(llama_layers(), granularity=granularity, **space_kw)
+    return Problem.build(space, budgets, sensitivity=format_sensitivity(space, seed))
+
+
+def format_sensitivity(space, seed=0):
+    """A synthetic table over the space's choices, named formats included: loss increase
+    ~ c_k * 4^-(bits per weight)."""
+    import numpy as np
+
+    from bitsearch import formats
+    from bitsearch.sensitivity.table import SensitivityTable
+
+    rng = np.random.default_rng(seed)
+    exponents = -np.array([formats.nominal_bits(b) for b in space.weight_bits])
+    weight = {layer.name: rng.lognormal(0.0, 1.0, size=(layer.kernels, 1)) * layer.params_per_kernel
+              * np.power(4.0, exponents)[None, :] for layer in space.layers}
+    return SensitivityTable(space.weight_bits, weight, (), {}, method="synthetic")

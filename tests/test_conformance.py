@@ -53,6 +53,12 @@ def _steps_pairwise(budgets, granularity):
     return problem
 
 
+def _llama(budgets, granularity):
+    from helpers import llama_problem
+
+    return llama_problem(budgets, granularity, scale_group=32)
+
+
 def _space_at_width(result, problem):
     mult = result.policy.meta["model"].get("width_mult", 1.0)
     return problem.space if mult == 1.0 else problem.at_width(mult).space
@@ -84,6 +90,8 @@ CASES: dict[str, tuple[Row, ...]] = {
                  make_problem=_steps, fixtures=("one_thread",)),),
     "autoq": (Row("AutoQ", {**RL_FAST, "low_net_arch": [16, 16], "low_batch_size": 64}),),
     "haq": (Row("HAQ", RL_FAST),),
+    # more/output at 3 bits: the rule's narrowest policy then fits the suite's size=2.5bit
+    "llamacpp-rule": (Row("LlamaCppRule", {"more": 3, "output": 3}, make_problem=_llama),),
     "uniform-width": (Row("UniformWidth", {"width_mults": (0.5, 1.0)}, ("layer",), make_problem=_semicircles,
                           space_of=_space_at_width),),
 }

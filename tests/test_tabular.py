@@ -52,7 +52,7 @@ def write(tmp_path, doc, name="problem.json"):
 def test_issue_example_loads_and_solves(tmp_path):
     path = write(tmp_path, ISSUE_EXAMPLE)
     problem = load_problem(path, ["latency=frac:0.5"])
-    assert set(problem.costs) == {"size", "bops", "latency"}
+    assert set(problem.costs) == {"size", "bits", "bops", "latency"}
     assert problem.costs["latency"].unit == "ms" and problem.costs["bops"].unit == "MBOPs"
     assert problem.space.tied == (("stage2.unit1.conv1", "stage2.unit1.downsample"),)
     assert problem.space.act_bits is None

@@ -48,7 +48,8 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 # --- the catalogue and the contract ----------------------------------------------------------------
 def test_list_tasks_names_every_builtin_with_a_description():
     rows = list_tasks()
-    assert [name for name, _ in rows] == BUILTIN
+    # tiny-llama (a trained model, not a Task: tests/test_tiny_llama.py) is listed among them
+    assert [name for name, _ in rows if name != "tiny-llama"] == BUILTIN and "tiny-llama" in dict(rows)
     assert all(isinstance(d, str) and d and "\n" not in d for _, d in rows)
 
 

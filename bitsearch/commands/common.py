@@ -90,28 +90,79 @@ def source_width(source, args) -> float:
 
 
 def add_space_options(parser) -> None:
-    """``--granularity --weight-bits --act-bits --pin-first-last --width-mult``."""
+    """``--granularity --weight-bits --act-bits --scale-group --pin --pin-first-last
+    --tie-shared-inputs --width-mult``."""
     g = parser.add_argument_group("search space")
     g.add_argument("--granularity", choices=("layer", "kernel"), default="layer",
                    help="one weight width per layer, or per output kernel (default: layer)")
     g.add_argument("--weight-bits", default="2-8", metavar="BITS",
-                   help="weight widths to choose from: a list (2,3,4,8) or a range (2-8); default 2-8")
-    g.add_argument("--act-bits", default="8", metavar="BITS",
-                   help="activation widths: one value fixes them (default 8), several are searched "
-                        "per layer (4,8), 'none' leaves activations in float")
+                   help="weight choices: a list (2,3,4,8), a range (2-8), or widths mixed with named formats "
+                        "(4,8,fp8_e4m3,nvfp4,mxfp4); default 2-8")
+    g.add_argument("--act-bits", default=None, metavar="BITS",
+                   help="activation widths: one value fixes them, several are searched per layer (4,8), 'none' "
+                        "leaves activations in float (default: 8; none, weight-only, for language models)")
+    g.add_argument("--scale-group", type=_scale_group, default=None, metavar="G",
+                   help="one fp16 scale per G weights along each kernel's input (32, 64, 128), counted in the "
+                        "size and bits costs (default: one fp32 scale per kernel)")
+    g.add_argument("--pin", action="append", default=[], metavar="LAYER=W",
+                   help="pin a layer (or every layer matching a pattern, e.g. '*embed_tokens') to weight width or "
+                        "format W (32: float); repeat for several")
     g.add_argument("--pin-first-last", type=width_arg, default=None, metavar="N",
                    help="pin the first and last layer at N bits (weights and activations)")
+    g.add_argument("--tie-shared-inputs", action=argparse.BooleanOptionalAction, default=None,
+                   help="give layers that read the same tensor (q/k/v, gate/up) one width (default: tied when "
+                        "activations are quantized, free when they stay float)")
     g.add_argument("--width-mult", type=float, default=1.0, metavar="M",
                    help="build the task's model at this width multiplier (default 1.0)")
 
 
-def space_options(args):
-    """The :class:`~bitsearch.build.SpaceOptions` of :func:`add_space_options`' arguments."""
-    from ..build import SpaceOptions
-    from ..space import parse_bits
+def _scale_group(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive group size (e.g. 32, 64, 128)")
+    return value
 
-    return SpaceOptions(granularity=args.granularity, weight_bits=parse_bits(args.weight_bits),
-                        act_bits=parse_bits(args.act_bits, allow_none=True), pin_first_last=args.pin_first_last)
+
+def parse_pins(pairs) -> tuple[tuple[str, object], ...]:
+    """``LAYER=W`` strings into ``(pattern, width or format)`` pairs."""
+    from .. import formats
+    from ..errors import UserInputError
+
+    out = []
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        choice = formats.normalize_choice(value.strip())
+        try:
+            if not sep or not name.strip():
+                raise ValueError("expected LAYER=W")
+            formats.check_choice(choice)
+        except ValueError as exc:
+            raise UserInputError(f"--pin {pair!r}: {exc} (e.g. --pin model.embed_tokens=8, --pin lm_head=32)") \
+                from None
+        out.append((name.strip(), choice))
+    return tuple(out)
+
+
+def default_act_bits(source) -> str:
+    """The ``--act-bits`` a source gets when none is given: ``none`` for language models
+    (weight-only quantization), else ``8``."""
+    return "none" if getattr(source, "weight_only", False) else "8"
+
+
+def space_options(args, source=None):
+    """The :class:`~bitsearch.build.SpaceOptions` of :func:`add_space_options`' arguments
+    (``source``: the task or trained model, for its default activation widths)."""
+    from ..build import SpaceOptions
+    from ..space import parse_bits, parse_weight_choices
+
+    act_text = args.act_bits if args.act_bits is not None else default_act_bits(source)
+    return SpaceOptions(granularity=args.granularity, weight_bits=parse_weight_choices(args.weight_bits),
+                        act_bits=parse_bits(act_text, allow_none=True), pin_first_last=args.pin_first_last,
+                        scale_group=args.scale_group, tie_shared_inputs=args.tie_shared_inputs,
+                        pins=parse_pins(args.pin))
 
 
 SUMMARY_PAST = 40  # layers; a larger policy is printed as a summary unless --verbose
@@ -123,15 +174,19 @@ def print_result(problem, policy, metrics, costs, *, verbose: bool = False) -> N
     from ..budget import format_cost
 
     space = problem.space
-    if verbose or len(space.layers) <= SUMMARY_PAST:
+    named = any(isinstance(b.weight_bits, str) for _, b in policy.bits)  # the summary counts integer widths
+    if verbose or named or len(space.layers) <= SUMMARY_PAST:
+        width = max(28, max(len(layer.name) for layer in space.layers))
         for layer in space.layers:
             b = policy[layer.name]
             if b.per_kernel:
                 wtxt = f"mean {b.mean_weight_bits:.2f} (min {min(b.weight_bits)}, max {max(b.weight_bits)})"
             else:
                 wtxt = str(b.weight_bits)
+            if layer.name in space.pins:
+                wtxt += " (pinned)"
             atxt = "float" if b.act_bits is None else str(b.act_bits)
-            print(f"  {layer.name:<28} weights {wtxt:<28} acts {atxt}")
+            print(f"  {layer.name:<{width}} weights {wtxt:<28} acts {atxt}")
     else:
         print_summary(space, policy)
     budgets = {b.cost: b for b in problem.budgets}

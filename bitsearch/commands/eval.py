@@ -30,7 +30,10 @@ def register(subparsers) -> None:
     add_model_options(p)
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="E",
                    help="fine-tune E epochs at the policy's widths before scoring (default 0)")
-    p.add_argument("--weight-bits", default="2-8", metavar="BITS", help="weight widths a policy may use (default 2-8)")
+    p.add_argument("--weight-bits", default="2-8", metavar="BITS",
+                   help="weight widths a policy may use (default 2-8, and the named formats the policy uses)")
+    p.add_argument("--scale-group", type=int, default=None, metavar="G",
+                   help="score with one scale per G weights (default: the policy's scale_group, else per kernel)")
     p.add_argument("--act-bits", default=None, metavar="BITS",
                    help="activation widths a policy may use (default 2-8, or none when the policy's "
                         "activations are all float)")
@@ -57,10 +60,11 @@ def cmd_eval(args) -> int:
         from .finetune import eval_saved_model
 
         return eval_saved_model(args)
+    from .. import formats
     from ..build import ProblemOptions, SpaceOptions, problem_for
     from ..errors import PolicyError
     from ..policy import load_policy, validate_policy
-    from ..space import parse_bits
+    from ..space import parse_bits, parse_weight_choices
 
     policy = load_policy(args.policy)
     model_meta = policy.meta.get("model") or {}
@@ -70,8 +74,15 @@ def cmd_eval(args) -> int:
     acts = {b.act_bits for _, b in policy.bits}
     act_bits = parse_bits(args.act_bits, allow_none=True) if args.act_bits else (
         None if acts == {None} else parse_bits("2-8"))
-    space_options = SpaceOptions(granularity=policy.granularity, weight_bits=parse_bits(args.weight_bits),
-                                 act_bits=act_bits)
+    named = {b.weight_bits for _, b in policy.bits if formats.is_named(b.weight_bits)}
+    weight_bits = formats.sort_choices(set(parse_weight_choices(args.weight_bits)) | named)
+    scale_group = args.scale_group if args.scale_group is not None else policy.scale_group
+    # layers the policy keeps in float were pinned there (a search never picks 32 bits): pin them, so that
+    # the bits cost leaves them out as the search did
+    floats = tuple((name, formats.FLOAT_BITS) for name, b in policy.bits
+                   if not b.per_kernel and formats.is_float(b.weight_bits))
+    space_options = SpaceOptions(granularity=policy.granularity, weight_bits=weight_bits, act_bits=act_bits,
+                                 scale_group=scale_group, pins=floats)
     options = ProblemOptions(finetune_epochs=args.finetune_epochs, width_mult=width_mult,
                              latency_table=args.latency_table)
     problem = problem_for(source, space_options, options, progress=progress_enabled())

@@ -28,7 +28,6 @@ def cmd_inspect(args) -> int:
     from ..budget import format_cost
     from ..build import TrainedModel, space_for_task
     from ..cost import ANALYTIC, make_cost_model
-    from ..discover import discover
     from ..errors import UserInputError
     from ..policy import Policy
 
@@ -37,17 +36,16 @@ def cmd_inspect(args) -> int:
         raise UserInputError("inspect shows the architecture and its costs: --data is read only with --write-problem "
                              "(for the sensitivities); give it to search or eval")
     task = model_source(args, scoring=bool(args.write_problem))
-    options = space_options(args)
+    options = space_options(args, task)
     if isinstance(task, TrainedModel):
         if source_width(task, args) != 1.0:
             raise UserInputError(f"{args.task!r} is a trained model: it cannot be rebuilt at --width-mult")
         model = task.model
-        space = discover(model, task.example_input, granularity=options.granularity, weight_bits=options.weight_bits,
-                         act_bits=options.act_bits, pin_first_last=options.pin_first_last, model_name=task.name)
+        space = options.discover(model, task.example_input, model_name=task.name)
     else:
         space = space_for_task(task, options, width_mult=args.width_mult)
         model = task.build_model(args.width_mult)
-    models = {name: make_cost_model(name) for name in ANALYTIC}
+    models = {name: make_cost_model(name, space=space) for name in ("size", "bits") + tuple(ANALYTIC)}
     total_params = sum(p.numel() for p in model.parameters())
     layer_params = sum(l.params + l.bias_params for l in space.layers)
     uniform = {}
@@ -59,6 +57,7 @@ def cmd_inspect(args) -> int:
         "granularity": space.granularity, "weight_bits": list(space.weight_bits),
         "act_bits": None if space.act_bits is None else list(space.act_bits),
         "layers": [l.to_dict() for l in space.layers], "tied": [list(g) for g in space.tied],
+        "shared_inputs": [list(g) for g in space.shared_inputs], "scale_group": space.scale_group,
         "weight_units": len(space.weight_units()), "total_params": total_params,
         "layer_params": layer_params, "total_macs": sum(l.macs for l in space.layers),
         "uniform_costs": {str(w): c for w, c in uniform.items()},
@@ -72,12 +71,13 @@ def cmd_inspect(args) -> int:
         print(f"{task.name}: {task.description}")
     print(f"{task.name}: {len(space.layers)} quantizable layers, {space.granularity} granularity, "
           f"{summary['weight_units']:,} weight units, fingerprint {space.fingerprint}")
-    header = f"{'layer':<28} {'kind':<7} {'shape':<24} {'params':>11} {'MACs':>14} {'kernels':>7}"
+    width = max(28, max(len(l.name) for l in space.layers))
+    header = f"{'layer':<{width}} {'kind':<9} {'shape':<24} {'params':>11} {'MACs':>14} {'kernels':>7}"
     print(header)
     print("-" * len(header))
     for l in space.layers:
-        if l.kind == "linear":
-            shape = f"{l.in_features}->{l.out_channels}"
+        if l.kind in ("linear", "embedding"):
+            shape = f"{l.in_features}->{l.out_channels}" if l.kind == "linear" else f"{l.kernels}x{l.in_features}"
         else:
             shape = f"{l.in_channels}->{l.out_channels} k{'x'.join(map(str, l.kernel_size))}"
             if any(s != 1 for s in l.stride):
@@ -85,19 +85,25 @@ def cmd_inspect(args) -> int:
             if l.groups != 1:
                 shape += f" g{l.groups}"
         flags = " (pinned)" if space.is_pinned(l.name) else ""
-        print(f"{l.name:<28} {l.kind:<7} {shape:<24} {l.params + l.bias_params:>11,} {l.macs:>14,} "
+        print(f"{l.name:<{width}} {l.kind:<9} {shape:<24} {l.params + l.bias_params:>11,} {l.macs:>14,} "
               f"{l.kernels:>7}{flags}")
     print("-" * len(header))
-    print(f"{'total':<61} {layer_params:>11,} {summary['total_macs']:>14,}")
+    print(f"{'total':<{width + 35}} {layer_params:>11,} {summary['total_macs']:>14,}")
     other = total_params - layer_params
     print(f"parameters: {layer_params:,} in these layers + {other:,} elsewhere (norms...) = {total_params:,}")
     if space.tied:
         print("tied groups (read the same tensor): " + "; ".join(" + ".join(g) for g in space.tied))
-    print("\ncost of uniform policies (activations " +
-          ("float" if space.act_bits is None else f"{max(space.act_bits)}-bit") + "):")
-    print(f"{'bits':>4}  " + "  ".join(f"{n:>14}" for n in models))
+    untied = [g for g in space.shared_inputs if g not in space.tied]
+    if untied:
+        print(f"tie candidates (read the same tensor; free, --tie-shared-inputs ties them): {len(untied)} groups, "
+              "e.g. " + " + ".join(untied[0]))
+    scales = "one fp32 scale per kernel" if space.scale_group is None else \
+        f"one fp16 scale per {space.scale_group} weights"
+    print(f"\ncost of uniform policies (activations " +
+          ("float" if space.act_bits is None else f"{max(space.act_bits)}-bit") + f", {scales}):")
+    print(f"{'bits':>8}  " + "  ".join(f"{n:>14}" for n in models))
     for w, costs in uniform.items():
-        print(f"{w:>4}  " + "  ".join(f"{format_cost(costs[n], models[n].unit):>14}" for n in models))
+        print(f"{w!s:>8}  " + "  ".join(f"{format_cost(costs[n], models[n].unit):>14}" for n in models))
     return 0
 
 

@@ -18,8 +18,12 @@ examples:
   bitsearch search --task mnist1d-cnn --searcher ilp --budget size=3bit --weight-bits 2,3,4,8
   bitsearch search --task resnet18 --weights r18.pt --data imagefolder:images --searcher ilp --budget size=4bit
   bitsearch search --task mymodels:make --searcher haq --budget size=3bit   # your factory (docs/tasks.md)
+  bitsearch search --task tiny-llama --searcher ilp --budget bits=4.25 --scale-group 128
+  bitsearch search --task tiny-llama --searcher ilp --budget bits=5 --weight-bits 4,8,fp8_e4m3,nvfp4
+  bitsearch search --task tiny-llama --searcher llamacpp-rule --budget bits=5 --scale-group 128
   bitsearch eval p.json --task mnist1d-cnn
   bitsearch export p.json --to csv
+  bitsearch export p.json --to llama.cpp --out tiny.tensor-types.txt
 """
 
 BUDGETS = """\
@@ -27,6 +31,8 @@ budgets (COST=VALUE, repeat --budget for several):
   size=1.2MB  size=4bit (cost of the uniform 4-bit policy)  size=12.5% (of float)
   bops=3.5GBOPs  energy=2uJ  bitfusion=0.5ms  latency=0.8ms (needs --latency-table)
   latency=frac:0.5 (cheapest + 0.5 x (dearest - cheapest), as HAWQ-V3 states budgets)
+  bits=4.5 (effective bits: stored bits per quantized weight, scales included, as ModelOpt's
+            effective_bits; 4-bit with --scale-group 128 is 4.125, nvfp4 4.5)
 """
 
 EXIT_CODES = "exit codes: 0 success, 2 bad input, 1 internal error\n"
@@ -172,4 +178,4 @@ def _build_problem(args, searcher_cls):
     options = ProblemOptions(budgets=tuple(args.budget), finetune_epochs=args.finetune_epochs,
                              width_mult=source_width(source, args), latency_table=args.latency_table,
                              sensitivity=sensitivity, sensitivity_settings=sensitivity_settings)
-    return problem_for(source, space_options(args), options, progress=progress_enabled())
+    return problem_for(source, space_options(args, source), options, progress=progress_enabled())

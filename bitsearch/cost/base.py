@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import formats
 from ..errors import PolicyError
 from ..policy import Policy
 from ..space import FLOAT_BITS, Layer, SearchSpace
@@ -44,7 +45,8 @@ FLOAT_ACT = 0  # the code of float activations in activation arrays (real widths
 class PolicyColumns:
     """A policy as arrays over the layers of a space (in the space's layer order).
 
-    ``widths[l]``: the weight width of layer ``l`` when all its kernels share one, else -1;
+    ``widths[l]``: the weight width of layer ``l`` when all its kernels share one, else -1
+    (a named format: its :func:`bitsearch.formats.code`);
     ``acts[l]``: its activation width (``FLOAT_ACT`` for float); ``mixed``: layer index ->
     int64 array of per-kernel widths, for the layers whose kernels differ.
     """
@@ -98,7 +100,7 @@ def policy_columns(space: SearchSpace, policy: Policy) -> PolicyColumns:
                 widths[i] = -1
                 mixed[i] = np.array(w, dtype=np.int64)
         else:
-            widths[i] = w
+            widths[i] = w if w.__class__ is int else formats.code(w)
     if missing:
         raise PolicyError([f"missing layer {name!r}" for name in missing])
     columns = PolicyColumns(widths, acts, mixed)
@@ -109,11 +111,11 @@ def policy_columns(space: SearchSpace, policy: Policy) -> PolicyColumns:
 def uniform_columns(space: SearchSpace, weight_bits: int, act_bits: int | None) -> PolicyColumns:
     """The columns of ``Policy.uniform(space, weight_bits, act_bits)``, without the policy."""
     n = len(space.layers)
-    widths = np.full(n, int(weight_bits), dtype=np.int64)
+    widths = np.full(n, formats.code(weight_bits), dtype=np.int64)
     acts = np.full(n, FLOAT_ACT if act_bits is None else int(act_bits), dtype=np.int64)
     for name, pin in space.pinned:
         i = space.index_of(name)
-        widths[i] = pin.weight_bits
+        widths[i] = formats.code(pin.weight_bits)
         acts[i] = FLOAT_ACT if pin.act_bits is None else pin.act_bits
     return PolicyColumns(widths, acts, {})
 
@@ -182,18 +184,25 @@ class CostModel(ABC):
             i = int(np.flatnonzero(bad)[0])
             a = int(acts[i])
             w = int(widths[i]) if widths[i] >= 0 else int(columns.mixed[i].max())
-            self.layer_cost(space.layers[i], w, None if a == FLOAT_ACT else a)
+            self.layer_cost(space.layers[i], formats.from_code(w), None if a == FLOAT_ACT else a)
         return out
 
     # --- arrays over the layers of a space -----------------------------------------------------
     def layer_column(self, space: SearchSpace, weight_bits: int, act_bits: int | None) -> np.ndarray:
         """``layer_cost(layer, weight_bits, act_bits)`` of every layer of ``space`` (float64,
-        read-only; NaN where the model cannot price a layer), computed once per space."""
-        key = ("cost_column", id(self), int(weight_bits), act_bits)
+        read-only; NaN where the model cannot price a layer), computed once per space.
+        ``weight_bits``: a width, a named format, or a format's :func:`bitsearch.formats.code`
+        (named formats are priced one layer at a time through ``layer_cost``)."""
+        width = formats.code(weight_bits)
+        key = ("cost_column", id(self), width, act_bits)
         cached = space._cache.get(key)
         if cached is not None and cached[0] is self:
             return cached[1]
-        column = np.asarray(self._layer_column(space, int(weight_bits), act_bits), dtype=float)
+        choice = formats.from_code(width)
+        if isinstance(choice, str):
+            column = np.asarray(CostModel._layer_column(self, space, choice, act_bits), dtype=float)
+        else:
+            column = np.asarray(self._layer_column(space, width, act_bits), dtype=float)
         column.flags.writeable = False
         space._cache[key] = (self, column)
         return column

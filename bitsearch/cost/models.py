@@ -1,4 +1,4 @@
-"""The built-in analytic cost models: size, BOPs, energy and Bit Fusion latency."""
+"""The built-in analytic cost models: size, effective bits, BOPs, energy and Bit Fusion latency."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 
-from ..space import FLOAT_BITS, Layer
+from .. import formats
+from ..errors import CostModelError
+from ..space import FLOAT_BITS, Layer, SearchSpace
 from .base import CostModel, effective_act_bits
 
 # Each model's _layer_column is its layer_cost over every layer at once, written with the
@@ -14,9 +16,21 @@ from .base import CostModel, effective_act_bits
 # floats (tests/test_costs.py checks it); integer products stay exact in int64.
 
 
+def _check_scale_group(model, space: SearchSpace) -> None:
+    if space.scale_group != model.scale_group:
+        raise CostModelError(f"the {model.name} cost counts {_scales(model.scale_group)} but the space has "
+                             f"{_scales(space.scale_group)}: build it with scale_group={space.scale_group!r}")
+
+
+def _scales(group) -> str:
+    return "one scale per kernel" if group is None else f"one scale per {group} weights"
+
+
 class SizeCost(CostModel):
-    """Model size in bits: every weight at its width, one ``scale_bits`` scale per
-    quantized kernel (per-channel scales), and the bias in 32-bit float.
+    """Model size in bits: every weight at its width (a named format at its element bits),
+    its scales -- one ``scale_bits`` scale per quantized kernel, or with ``scale_group=G``
+    one fp16 scale per ``G`` weights of each kernel, or a named format's own block scales
+    (:func:`bitsearch.formats.stored_bits`) -- and the bias in 32-bit float.
 
     A float layer (``weight_bits >= 32``) has no scales.
     """
@@ -24,17 +38,65 @@ class SizeCost(CostModel):
     name = "size"
     unit = "bit"
 
-    def __init__(self, scale_bits: int = 32):
+    def __init__(self, scale_bits: int = formats.KERNEL_SCALE_BITS, scale_group: int | None = None):
         self.scale_bits = int(scale_bits)
+        self.scale_group = formats.check_scale_group(scale_group)
 
-    def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
-        scales = 0 if weight_bits >= FLOAT_BITS else layer.kernels * self.scale_bits
-        return float(layer.params * weight_bits + scales + layer.bias_params * FLOAT_BITS)
+    def validate(self, space: SearchSpace) -> None:
+        _check_scale_group(self, space)
+
+    def layer_cost(self, layer: Layer, weight_bits, act_bits: int | None) -> float:
+        return float(weight_stored_bits(layer, weight_bits, self.scale_group, self.scale_bits)
+                     + layer.bias_params * FLOAT_BITS)
 
     def _layer_column(self, space, weight_bits, act_bits):
+        if self.scale_group is not None:  # group counts per layer: one layer at a time
+            return CostModel._layer_column(self, space, weight_bits, act_bits)
         f = space.layer_facts()
         scales = 0 if weight_bits >= FLOAT_BITS else f["kernels"] * self.scale_bits
         return (f["params"] * weight_bits + scales + f["bias_params"] * FLOAT_BITS).astype(float)
+
+
+def weight_stored_bits(layer: Layer, weight_bits, scale_group: int | None,
+                       kernel_scale_bits: int = formats.KERNEL_SCALE_BITS) -> int:
+    """Bits of ``layer``'s weights at ``weight_bits``, scales included (no bias)."""
+    if formats.is_float(weight_bits):
+        return layer.params * FLOAT_BITS
+    if scale_group is None and not formats.is_named(weight_bits):
+        return layer.params * int(weight_bits) + layer.kernels * kernel_scale_bits
+    return formats.stored_bits(weight_bits, kernels=layer.kernels, fan_in=layer.fan_in, scale_group=scale_group)
+
+
+class EffectiveBitsCost(CostModel):
+    """Effective bits: the average stored bits per quantized weight, scales included, as
+    NVIDIA ModelOpt states ``effective_bits`` (``bits=4.5``).
+
+    ``sum over layers of stored weight bits (scales included) / quantized weights``: the
+    layers counted are those of the space, except layers pinned to float (which are not
+    quantized); biases are not weights.  A 4-bit policy with one fp16 scale per 128
+    weights is 4.125 bits; nvfp4 4.5 (+32 bits per tensor).  Separable (a sum over layers
+    over a fixed count), so every searcher keeps it exactly.
+    """
+
+    name = "bits"
+    unit = "bit/weight"
+
+    def __init__(self, space: SearchSpace):
+        self.scale_group = space.scale_group
+        pins = space.pins
+        self.excluded = frozenset(n for n, p in pins.items() if formats.is_float(p.weight_bits))
+        self.weights = sum(layer.params for layer in space.layers if layer.name not in self.excluded)
+        self.layer_names = frozenset(space.names)
+
+    def validate(self, space: SearchSpace) -> None:
+        _check_scale_group(self, space)
+        if frozenset(space.names) != self.layer_names:
+            raise CostModelError("this bits cost was built for another space (other layers)")
+
+    def layer_cost(self, layer: Layer, weight_bits, act_bits: int | None) -> float:
+        if layer.name in self.excluded or self.weights == 0:  # nothing quantized: 0 bits per quantized weight
+            return 0.0
+        return weight_stored_bits(layer, weight_bits, self.scale_group) / self.weights
 
 
 class BopsCost(CostModel):
@@ -43,8 +105,8 @@ class BopsCost(CostModel):
     name = "bops"
     unit = "BOPs"
 
-    def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
-        return float(layer.macs * weight_bits * effective_act_bits(act_bits))
+    def layer_cost(self, layer: Layer, weight_bits, act_bits: int | None) -> float:
+        return float(layer.macs * formats.element_bits(weight_bits) * effective_act_bits(act_bits))
 
     def _layer_column(self, space, weight_bits, act_bits):
         return (space.layer_facts()["macs"] * weight_bits * effective_act_bits(act_bits)).astype(float)
@@ -89,7 +151,8 @@ class EnergyCost(CostModel):
     name = "energy"
     unit = "pJ"
 
-    def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
+    def layer_cost(self, layer: Layer, weight_bits, act_bits: int | None) -> float:
+        weight_bits = formats.element_bits(weight_bits)
         fan_in = max(1, layer.params // max(1, layer.kernels))
         if act_bits is None:
             compute = FP32_MULT_PJ + FP32_ADD_PJ
@@ -137,8 +200,8 @@ class BitfusionCost(CostModel):
         self.fusion_units = int(fusion_units)
         self.clock_hz = float(clock_hz)
 
-    def layer_cost(self, layer: Layer, weight_bits: int, act_bits: int | None) -> float:
-        w = min(weight_bits, 16)
+    def layer_cost(self, layer: Layer, weight_bits, act_bits: int | None) -> float:
+        w = min(formats.element_bits(weight_bits), 16)
         a = min(effective_act_bits(act_bits), 16)
         cycles = layer.macs * math.ceil(w / 2) * math.ceil(a / 2) / (16.0 * self.fusion_units)
         return cycles / self.clock_hz * 1e3

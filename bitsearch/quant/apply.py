@@ -64,8 +64,13 @@ def _check_against_model(bits: Mapping[str, LayerBits], layers: Mapping[str, nn.
 
 
 def _check_widths(b: LayerBits) -> None:
+    from .. import formats
     from .functional import check_bits, is_float_bits
 
+    if formats.is_named(b.weight_bits):
+        formats.check_choice(b.weight_bits)
+        check_bits(b.act_bits, "activation")
+        return
     widths = set(b.weight_bits) if b.per_kernel else {b.weight_bits}
     for w in sorted(widths):
         check_bits(w, "weight")
@@ -90,6 +95,7 @@ def set_policy(qmodel: nn.Module, policy: Policy | Mapping, *, space=None) -> nn
     ``policy``: a :class:`Policy`, or a mapping from layer name to ``LayerBits`` /
     ``(weight_bits, act_bits)``.  Layers it does not name keep their widths.  Activation
     ranges stay as calibrated (calibrate again if the new weight widths should be seen).
+    A :class:`Policy` also sets the layers' scale granularity (``policy.scale_group``).
     """
     if space is not None:
         if not isinstance(policy, Policy):
@@ -98,8 +104,9 @@ def set_policy(qmodel: nn.Module, policy: Policy | Mapping, *, space=None) -> nn
     bits = _policy_bits(policy)
     layers = quant_modules(qmodel)
     _check_against_model(bits, layers)
+    group = policy.scale_group if isinstance(policy, Policy) else "keep"
     for name, b in bits.items():
-        layers[name].set_bits(b.weight_bits, b.act_bits)
+        layers[name].set_bits(b.weight_bits, b.act_bits, group)
     return qmodel
 
 
@@ -114,7 +121,8 @@ def apply_policy(model: nn.Module, policy: Policy | Mapping, *, space=None, cali
     ``calibration``: a batch of inputs (a tensor, split into ``batch_size`` chunks) or an
     iterable of batches (tensors, or tuples whose first item is the input): activation
     ranges are calibrated on it.  Without it, layers with quantized activations must be
-    calibrated with :func:`calibrate` before use.
+    calibrated with :func:`calibrate` before use.  Weights use the policy's scale
+    granularity (``policy.scale_group``: one scale per kernel, or per group of weights).
     """
     if space is not None:
         if not isinstance(policy, Policy):
@@ -125,13 +133,15 @@ def apply_policy(model: nn.Module, policy: Policy | Mapping, *, space=None, cali
     qmodel = copy.deepcopy(model)
     layers = quantizable_layers(qmodel)
     replacements = {}
+    group = policy.scale_group if isinstance(policy, Policy) else None
     for name, b in bits.items():
         module = layers[name]
-        if isinstance(module, QuantMixin):
-            module.set_bits(b.weight_bits, b.act_bits)
-            module.layer_name = name
-        else:
-            replacements[id(module)] = to_quant(module, b.weight_bits, b.act_bits, layer_name=name)
+        if not isinstance(module, QuantMixin):
+            quantized = to_quant(module, layer_name=name)
+            replacements[id(module)] = quantized
+            module = quantized
+        module.set_bits(b.weight_bits, b.act_bits, group)
+        module.layer_name = name
     qmodel = _replace_modules(qmodel, replacements)
     if calibration is not None:
         calibrate(qmodel, calibration, batch_size=batch_size)

@@ -90,22 +90,32 @@ def weight_scales(weight: torch.Tensor, bits) -> torch.Tensor:
     return functional.weight_scales(weight, _kernel_bits(bits, weight).to(torch.int64))
 
 
-def quantize_weight(weight: torch.Tensor, bits) -> torch.Tensor:
+def _integer_quantizer(weight: torch.Tensor, b: torch.Tensor, scale_group: int | None) -> torch.Tensor:
+    if scale_group is None:
+        return functional.fake_quantize_weight(weight, b)
+    from .formats import fake_quantize_choice
+
+    return fake_quantize_choice(weight, b, scale_group=scale_group)
+
+
+def quantize_weight(weight: torch.Tensor, bits, scale_group: int | None = None) -> torch.Tensor:
     """Fake-quantized weight at integer widths (an int, or one per kernel), straight-through
-    in ``weight``: :func:`bitsearch.quant.functional.fake_quantize_weight`.  Widths of 32
-    and more leave the weight in float."""
+    in ``weight``: :func:`bitsearch.quant.functional.fake_quantize_weight` (with
+    ``scale_group``: per-group scales, :mod:`bitsearch.quant.formats`).  Widths of 32 and
+    more leave the weight in float."""
     b = _kernel_bits(bits, weight)
     if bool((b >= FLOAT_BITS).all()):
         return weight
     if bool((b < 2).any()):
         raise ValueError(f"weight widths must be at least 2 bits, got {sorted(set(b.tolist()))}")
     if bool((b >= FLOAT_BITS).any()):  # some kernels float, others not
-        q = functional.fake_quantize_weight(weight, torch.clamp(b, max=functional.MAX_BITS).to(torch.int64))
+        q = _integer_quantizer(weight, torch.clamp(b, max=functional.MAX_BITS).to(torch.int64), scale_group)
         return torch.where(_per_kernel(b >= FLOAT_BITS, weight), weight, q)
-    return functional.fake_quantize_weight(weight, b.to(torch.int64))
+    return _integer_quantizer(weight, b.to(torch.int64), scale_group)
 
 
-def quantize_weight_fractional(weight: torch.Tensor, bits: torch.Tensor, choices: Sequence[int]) -> torch.Tensor:
+def quantize_weight_fractional(weight: torch.Tensor, bits: torch.Tensor, choices: Sequence[int],
+                               scale_group: int | None = None) -> torch.Tensor:
     """Fake-quantized weight at a fractional width: a scalar tensor for the whole layer, or
     one width per kernel.  Differentiable in ``bits`` and (straight-through) in ``weight``."""
     choices = sorted(int(c) for c in choices)
@@ -114,10 +124,10 @@ def quantize_weight_fractional(weight: torch.Tensor, bits: torch.Tensor, choices
     kernels = weight.shape[0]
     lo_bits = grid[lo].reshape(-1).expand(kernels) if lo.numel() == 1 else grid[lo]
     hi_bits = grid[hi].reshape(-1).expand(kernels) if hi.numel() == 1 else grid[hi]
-    q_lo = quantize_weight(weight, lo_bits)
+    q_lo = quantize_weight(weight, lo_bits, scale_group)
     if len(choices) == 1:
         return q_lo
-    q_hi = quantize_weight(weight, hi_bits)
+    q_hi = quantize_weight(weight, hi_bits, scale_group)
     f = _per_kernel(frac.reshape(-1), weight) if frac.numel() > 1 else frac
     return (1.0 - f) * q_lo + f * q_hi  # exact at f = 0 and f = 1
 
@@ -187,11 +197,15 @@ class FractionalQuantModel:
     whose activations are quantized).  Call with ``weight_bits`` (layer name -> a float
     tensor, scalar or per kernel, or an int / tuple of ints for fixed widths) and
     ``act_bits`` (layer name -> a scalar tensor, an int, or None for float).
+    ``scale_group``: per-group weight scales (None: one per kernel).  An embedding's input
+    (token indices) is never quantized.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], weight_choices: Sequence[int],
-                 act_choices: Sequence[int] | None, ranges: Mapping[str, tuple[float, float]]):
+                 act_choices: Sequence[int] | None, ranges: Mapping[str, tuple[float, float]],
+                 scale_group: int | None = None):
         self.model = model
+        self.scale_group = scale_group
         self.names = tuple(names)
         self.weight_choices = tuple(sorted(int(c) for c in weight_choices))
         self.act_choices = None if act_choices is None else tuple(sorted(int(c) for c in act_choices))
@@ -209,9 +223,9 @@ class FractionalQuantModel:
             weight = self.modules[name].weight
             bits = weight_bits[name]
             if isinstance(bits, torch.Tensor) and bits.is_floating_point():
-                out[f"{name}.weight"] = quantize_weight_fractional(weight, bits, self.weight_choices)
+                out[f"{name}.weight"] = quantize_weight_fractional(weight, bits, self.weight_choices, self.scale_group)
             else:
-                out[f"{name}.weight"] = quantize_weight(weight, bits)
+                out[f"{name}.weight"] = quantize_weight(weight, bits, self.scale_group)
         return out
 
     def _act_hook(self, name):
@@ -231,7 +245,8 @@ class FractionalQuantModel:
     @contextmanager
     def _hooks(self, act_bits):
         self._act_bits = act_bits
-        handles = [self.modules[n].register_forward_pre_hook(self._act_hook(n)) for n in self.names]
+        handles = [self.modules[n].register_forward_pre_hook(self._act_hook(n)) for n in self.names
+                   if not isinstance(self.modules[n], nn.Embedding)]
         try:
             yield
         finally:

@@ -1,4 +1,5 @@
-"""Fake-quantized layers: drop-in subclasses of ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Linear``.
+"""Fake-quantized layers: drop-in subclasses of ``nn.Conv1d``, ``nn.Conv2d``, ``nn.Linear``
+and ``nn.Embedding``.
 
 A quantized layer holds the original layer's parameters (the same ``Parameter`` objects,
 under the same names, so state dicts and optimizers see an ordinary layer), a per-kernel
@@ -16,6 +17,12 @@ the tensors' version counters, and dropped when the layer leaves training mode; 
 mode, which torch does not count).  The input then costs three cheap
 in-place passes (scale, round, clamp).  In training mode, or when gradients are needed, the
 weight and input are fake-quantized on every forward with straight-through estimators.
+
+Besides integer widths with per-kernel scales, a layer's weights may use per-group
+scales (``scale_group``) or a named format (``weight_format``: ``fp8_e4m3``, ``nvfp4``,
+``mxfp4``), simulated by :mod:`bitsearch.quant.formats`; ``weight_bits`` then holds the
+format's element bits.  An embedding quantizes its weight rows only (its input is token
+indices: ``act_bits`` is accepted and ignored).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from .functional import (
 )
 
 # the layer types bitsearch quantizes, and the kind names of the search space
-BASE_TYPES = ((nn.Conv1d, "conv1d"), (nn.Conv2d, "conv2d"), (nn.Linear, "linear"))
+BASE_TYPES = ((nn.Conv1d, "conv1d"), (nn.Conv2d, "conv2d"), (nn.Linear, "linear"), (nn.Embedding, "embedding"))
 
 
 class QuantMixin:
@@ -52,15 +59,29 @@ class QuantMixin:
         self.register_buffer("act_max", torch.tensor(-math.inf, device=device))
         self.layer_name = layer_name
         self.act_bits: int | None = None
+        self.weight_format: str | None = None
+        self.scale_group: int | None = None
         self.observing = False
         self.invalidate_cache()
         self.set_bits(weight_bits, act_bits)
 
     # --- widths -----------------------------------------------------------------------------
-    def set_bits(self, weight_bits, act_bits) -> None:
+    def set_bits(self, weight_bits, act_bits, scale_group: int | None | str = "keep") -> None:
         """Set the widths: ``weight_bits`` an int or one width per kernel (2..16, or 32 for
-        float); ``act_bits`` 2..16, or None (or 32) for float activations.  Raises
-        ``ValueError`` for a width the quantizer does not support."""
+        float), or a named format (``"nvfp4"``...); ``act_bits`` 2..16, or None (or 32) for
+        float activations; ``scale_group`` None (one scale per kernel) or a group size
+        (``"keep"``: unchanged).  Raises ``ValueError`` for a width the quantizer does not
+        support."""
+        from .. import formats
+
+        if scale_group != "keep":
+            self.scale_group = formats.check_scale_group(scale_group)
+        if isinstance(weight_bits, str):
+            formats.check_choice(weight_bits)
+            self.weight_format = weight_bits
+            weight_bits = formats.element_bits(weight_bits)
+        else:
+            self.weight_format = None
         bits = kernel_bits_tensor(weight_bits, self.weight)
         values = set(bits.tolist())
         for b in values:
@@ -132,18 +153,28 @@ class QuantMixin:
         """The fake-quantized weight at ``weight_bits`` (cached in eval mode when no gradient
         is needed; straight-through otherwise)."""
         if self.training or (torch.is_grad_enabled() and self.weight.requires_grad):
-            return self.weight if self.weight_is_float else fake_quantize_weight(self.weight, self.weight_bits)
+            return self._simulated_weight(self.weight)
         return self._eval_weight(None)
+
+    def _simulated_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.weight_is_float:
+            return weight
+        if self.weight_format is None and self.scale_group is None:
+            return fake_quantize_weight(weight, self.weight_bits)
+        from .formats import fake_quantize_choice
+
+        return fake_quantize_choice(weight, self.weight_format or self.weight_bits, scale_group=self.scale_group)
 
     def _eval_weight(self, act_scale: float | None) -> torch.Tensor:
         """The cached fake-quantized weight, times ``act_scale`` when given (the input's
         scale folded into the weight: ``W (s q) = (s W) q``)."""
         weight, bits = self._parameters["weight"], self._buffers["weight_bits"]
-        key = (weight._version, weight.data_ptr(), weight.dtype, bits._version, bits.data_ptr(), act_scale)
+        key = (weight._version, weight.data_ptr(), weight.dtype, bits._version, bits.data_ptr(), act_scale,
+               self.weight_format, self.scale_group)
         if key != self._weight_key or self._weight_cache is None:
             with torch.no_grad():
                 # detached: a bare Parameter assigned to an attribute would be registered as one
-                w = weight.detach() if self.weight_is_float else fake_quantize_weight(weight, bits)
+                w = weight.detach() if self.weight_is_float else self._simulated_weight(weight)
                 if act_scale is not None:
                     w = w * torch.tensor(act_scale, dtype=w.dtype, device=w.device)
             self._weight_cache, self._weight_key = w, key
@@ -153,6 +184,10 @@ class QuantMixin:
         """The integer weights and per-kernel scales of this layer (for deployment)."""
         if self.weight_is_float:
             raise QuantizationError(f"layer {self.layer_name!r} keeps float weights: it has no integer form")
+        if self.weight_format is not None or self.scale_group is not None:
+            what = self.weight_format or f"per-group scales (groups of {self.scale_group})"
+            raise QuantizationError(f"layer {self.layer_name!r} uses {what}: its integer form with per-kernel scales "
+                                    "does not exist (export it to llama.cpp, or search with per-kernel scales)")
         return quantize_weight_int(self.weight, self.weight_bits)
 
     # --- forward ----------------------------------------------------------------------------
@@ -182,7 +217,9 @@ class QuantMixin:
         return q, self._eval_weight(qparams.scale)
 
     def _extra_bits_repr(self) -> str:
-        w = describe_weight_bits(self.weight_bits)
+        w = self.weight_format or describe_weight_bits(self.weight_bits)
+        if self.scale_group is not None and self.weight_format not in ("nvfp4", "mxfp4"):
+            w += f" (scale per {self.scale_group})"
         a = "float" if self.act_bits is None else str(self.act_bits)
         return f"weight_bits={w}, act_bits={a}"
 
@@ -202,7 +239,8 @@ def _build_on_meta(cls, module: nn.Module, **kwargs):
     with torch.device("meta"):
         q = cls(**kwargs, dtype=module.weight.dtype)
     q.weight = module.weight
-    q.bias = module.bias
+    if hasattr(module, "bias"):
+        q.bias = module.bias
     q.train(module.training)
     return q
 
@@ -251,7 +289,32 @@ class QuantLinear(QuantMixin, nn.Linear):
         return super().extra_repr() + ", " + self._extra_bits_repr()
 
 
-QUANT_CLASSES = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+class QuantEmbedding(QuantMixin, nn.Embedding):
+    """A fake-quantized ``nn.Embedding``: its weight rows (one kernel per token) are
+    quantized; its input is token indices, so ``act_bits`` is ignored."""
+
+    @classmethod
+    def from_float(cls, module, weight_bits=FLOAT_BITS, act_bits=None, layer_name: str = ""):
+        q = _build_on_meta(cls, module, num_embeddings=module.num_embeddings, embedding_dim=module.embedding_dim,
+                           padding_idx=module.padding_idx, max_norm=module.max_norm, norm_type=module.norm_type,
+                           scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse)
+        q._init_quant(weight_bits, act_bits, layer_name)
+        return q
+
+    def set_bits(self, weight_bits, act_bits, scale_group="keep") -> None:
+        super().set_bits(weight_bits, None, scale_group)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.quantized_weight()
+        return F.embedding(x, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+                           self.sparse)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._extra_bits_repr()
+
+
+QUANT_CLASSES = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear,
+                 nn.Embedding: QuantEmbedding}
 
 
 def layer_kind(module: nn.Module) -> str | None:
@@ -281,4 +344,4 @@ def to_quant(module: nn.Module, weight_bits=FLOAT_BITS, act_bits=None, layer_nam
     for base, cls in QUANT_CLASSES.items():
         if isinstance(module, base):
             return cls.from_float(module, weight_bits, act_bits, layer_name)
-    raise TypeError(f"cannot quantize a {type(module).__name__}: only Conv1d, Conv2d and Linear")
+    raise TypeError(f"cannot quantize a {type(module).__name__}: only Conv1d, Conv2d, Linear and Embedding")

@@ -90,7 +90,7 @@ def cache_path(source, space, method: str, *, width_mult: float = 1.0, seed: int
         "format": CACHE_FORMAT, "task": name, "weights": weights,
         "space": space.fingerprint, "granularity": space.granularity, "weight_bits": list(space.weight_bits),
         "act_bits": list(space.act_bits) if space.act_searched else None, "method": method,
-        "settings": settings, "seed": int(seed)})
+        "settings": settings, "seed": int(seed)} | ({"scale_group": space.scale_group} if space.scale_group else {}))
     return cache_dir() / "sensitivity" / f"{safe_name(name)}-{method}-{key}.json"
 
 

@@ -98,15 +98,21 @@ def sample_batches(x: torch.Tensor, y: torch.Tensor, samples: int, batch_size: i
     return [(xs[i:i + batch_size], ys[i:i + batch_size]) for i in range(0, len(xs), batch_size)]
 
 
-def quantization_errors(weight: torch.Tensor, bits: Sequence[int]) -> np.ndarray:
-    """``||Q_b(w_k) - w_k||^2`` per kernel (rows) and width (columns), bitsearch's quantizer."""
-    from ..quant import fake_quantize_weight
+def quantize_at(weight: torch.Tensor, choice, scale_group: int | None = None) -> torch.Tensor:
+    """``Q_b(W)``: bitsearch's quantizer at a width or named format, with the space's scale
+    granularity (one scale per kernel, or per ``scale_group`` weights)."""
+    from ..quant.formats import fake_quantize_choice
 
+    return fake_quantize_choice(weight, choice, scale_group=scale_group)
+
+
+def quantization_errors(weight: torch.Tensor, bits: Sequence, scale_group: int | None = None) -> np.ndarray:
+    """``||Q_b(w_k) - w_k||^2`` per kernel (rows) and width (columns), bitsearch's quantizer."""
     w = weight.detach().to(torch.float32)
     out = np.empty((w.shape[0], len(bits)))
     with torch.no_grad():
         for j, b in enumerate(bits):
-            diff = fake_quantize_weight(w, int(b)) - w
+            diff = quantize_at(w, b, scale_group) - w
             out[:, j] = diff.reshape(w.shape[0], -1).double().pow(2).sum(dim=1).numpy()
     return out
 
@@ -222,7 +228,7 @@ def hessian_table(model, space, batches, *, probes: int, seed: int,
                                           loss=loss)
     out = {}
     for layer in space.layers:
-        errors = quantization_errors(modules[layer.name].weight, space.weight_bits)
+        errors = quantization_errors(modules[layer.name].weight, space.weight_bits, space.scale_group)
         kernel_trace = traces[layer.name]
         if space.granularity == "kernel":
             shrunk = shrink_kernel_traces(kernel_trace, variances[layer.name])
@@ -236,7 +242,7 @@ def hessian_table(model, space, batches, *, probes: int, seed: int,
 
 # --- bitgrad ----------------------------------------------------------------------------------
 def bit_gradients(model, modules, batches, bits_grid: Sequence[int],
-                  loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
+                  loss: LossFn = cross_entropy_loss, scale_group: int | None = None) -> dict[str, np.ndarray]:
     """Per layer, ``dL/db`` per kernel at each width of ``bits_grid`` but the last
     (shape ``(kernels, len(bits_grid) - 1)``), the layer relaxed alone.
 
@@ -244,8 +250,6 @@ def bit_gradients(model, modules, batches, bits_grid: Sequence[int],
     derivative at an integer ``b`` (``f = 0``) is ``grad_Wq L . (Q_{b+1}(W) - Q_b(W))``,
     the gradient taken at the weights quantized at ``b``: that is what is computed.
     """
-    from ..quant import fake_quantize_weight
-
     frozen = _float_params(model)
     sizes = [batch_size_of(batch) for batch in batches]
     total = sum(sizes)
@@ -255,7 +259,7 @@ def bit_gradients(model, modules, batches, bits_grid: Sequence[int],
             w = module.weight.detach()
             grads = np.zeros((w.shape[0], len(bits_grid) - 1))
             with torch.no_grad():
-                quantized = [fake_quantize_weight(w, int(b)) for b in bits_grid]
+                quantized = [quantize_at(w, int(b), scale_group) for b in bits_grid]
             for j in range(len(bits_grid) - 1):
                 wq = quantized[j].clone().requires_grad_(True)
                 step = quantized[j + 1] - quantized[j]
@@ -272,10 +276,16 @@ def bit_gradients(model, modules, batches, bits_grid: Sequence[int],
 
 
 def bitgrad_table(model, space, batches, loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
+    from .. import formats
+
+    named = [b for b in space.weight_bits if formats.is_named(b)]
+    if named:
+        raise UserInputError(f"the bitgrad sensitivity relaxes integer widths into each other; named formats "
+                             f"({', '.join(named)}) have no place on that line: use hessian or empirical")
     modules = _modules(model, space)
     low, high = min(space.weight_bits), max(space.weight_bits)
     grid = list(range(low, high + 1))
-    grads = bit_gradients(model, modules, batches, grid, loss)
+    grads = bit_gradients(model, modules, batches, grid, loss, space.scale_group)
     out = {}
     for layer in space.layers:
         saved = np.maximum(-grads[layer.name], 0.0)             # loss saved by bit c+1, per kernel
@@ -289,20 +299,18 @@ def bitgrad_table(model, space, batches, loss: LossFn = cross_entropy_loss) -> d
 # --- empirical --------------------------------------------------------------------------------
 def empirical_table(model, space, batches, *, groups: int,
                     loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
-    from ..quant import fake_quantize_weight
-
     modules = _modules(model, space)
     base = _mean_loss(model, batches, loss=loss)
     out = {}
     for layer in space.layers:
         w = modules[layer.name].weight.detach()
         key = f"{layer.name}.weight"
-        errors = quantization_errors(w, space.weight_bits)
+        errors = quantization_errors(w, space.weight_bits, space.scale_group)
         if space.granularity == "layer":
             row = []
             for b in space.weight_bits:
                 with torch.no_grad():
-                    wq = fake_quantize_weight(w, int(b))
+                    wq = quantize_at(w, b, space.scale_group)
                 row.append(max(0.0, _mean_loss(model, batches, {key: wq}, loss) - base))
             out[layer.name] = np.array([row])
             continue
@@ -311,7 +319,7 @@ def empirical_table(model, space, batches, *, groups: int,
         table = np.zeros((layer.kernels, len(space.weight_bits)))
         for j, b in enumerate(space.weight_bits):
             with torch.no_grad():
-                wq_all = fake_quantize_weight(w, int(b))
+                wq_all = quantize_at(w, b, space.scale_group)
             for g in range(n_groups):
                 lo, hi = int(bounds[g]), int(bounds[g + 1])
                 if hi <= lo:

@@ -159,6 +159,8 @@ class LossProbe:
         from ..quant import quant_modules
 
         self.layers = quant_modules(self.qmodel)
+        for module in self.layers.values():  # the space's scale granularity (one scale per kernel or per group)
+            module.set_bits(module.weight_format or module.weight_bits, module.act_bits, space.scale_group)
         self.passes = 0
         self.calls = 0
         self.seconds = 0.0

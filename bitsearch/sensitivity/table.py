@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import formats
 from ..errors import UserInputError
 from ..policy import Policy
 from ..space import Layer, SearchSpace
 from .pairwise import PairwiseTable
+
+_LUT = 127  # the largest width, or named-format code (bitsearch.formats.CODES), the lookup tables hold
 
 
 class PackedRows(Mapping):
@@ -64,7 +67,7 @@ class SensitivityTable:
     pairwise: "PairwiseTable | None" = None
 
     def __post_init__(self):
-        object.__setattr__(self, "weight_bits", tuple(int(b) for b in self.weight_bits))
+        object.__setattr__(self, "weight_bits", tuple(formats.normalize_choice(b) for b in self.weight_bits))
         object.__setattr__(self, "act_bits", tuple(int(b) for b in self.act_bits))
         if not isinstance(self.weight, PackedRows):
             names, arrays = [], []
@@ -95,7 +98,7 @@ class SensitivityTable:
 
     def _column(self, bits: int) -> int:
         try:
-            return self.weight_bits.index(int(bits))
+            return self.weight_bits.index(formats.normalize_choice(bits))
         except ValueError:
             raise UserInputError(f"the sensitivity table has no estimate at {bits} bits "
                                  f"(it covers {list(self.weight_bits)})") from None
@@ -143,10 +146,10 @@ class SensitivityTable:
             present = where >= 0
             start = np.where(present, self.weight.offsets[np.maximum(where, 0)], 0)
             count = np.where(present, self.weight.counts[np.maximum(where, 0)], 0)
-            lut = np.full(65, -1, dtype=np.int64)
+            lut = np.full(_LUT + 1, -1, dtype=np.int64)  # width (or a named format's code) -> column
             for j, b in enumerate(self.weight_bits):
-                if b <= 64:
-                    lut[b] = j
+                if formats.code(b) <= _LUT:
+                    lut[formats.code(b)] = j
             return self, start, count, lut
         layout = space.cached(("sensitivity_layout", id(self)), make)
         if layout[0] is not self:
@@ -220,9 +223,9 @@ class SensitivityTable:
         terms = []
         if uniform.size:
             w = widths[uniform]
-            if np.any(w > 64) or np.any(lut[np.minimum(w, 64)] < 0):
-                bad = int(w[(w > 64) | (lut[np.minimum(w, 64)] < 0)][0])
-                self._column(bad)
+            if np.any(w > _LUT) or np.any(lut[np.minimum(w, _LUT)] < 0):
+                bad = int(w[(w > _LUT) | (lut[np.minimum(w, _LUT)] < 0)][0])
+                self._column(formats.from_code(bad))
             c = count[uniform]
             row_index = np.repeat(start[uniform], c) + _ranges(c)
             terms.append(rows[row_index, np.repeat(lut[w], c)])
@@ -230,8 +233,8 @@ class SensitivityTable:
         for i, kernel_widths in columns.mixed.items():
             if space.is_pinned(space.layers[i].name):
                 continue
-            if np.any(kernel_widths > 64) or np.any(lut[np.minimum(kernel_widths, 64)] < 0):
-                self._column(int(kernel_widths[(kernel_widths > 64) | (lut[np.minimum(kernel_widths, 64)] < 0)][0]))
+            if np.any(kernel_widths > _LUT) or np.any(lut[np.minimum(kernel_widths, _LUT)] < 0):
+                self._column(int(kernel_widths[(kernel_widths > _LUT) | (lut[np.minimum(kernel_widths, _LUT)] < 0)][0]))
             col = lut[kernel_widths]
             k = int(kernels[i])
             if count[i] == k and k > 1:

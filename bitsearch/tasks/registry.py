@@ -28,6 +28,10 @@ BUILTIN_TASKS: dict[str, tuple[str, str, str]] = {
     "semicircles-mlp": ("bitsearch.tasks.semicircles", "make_task",
                         "two interleaved noisy half circles (2-D, 2 classes, 2,000 train / 1,000 test), MLP "
                         "2-64-64-2; trains in seconds"),
+    "tiny-llama": ("bitsearch.tasks.tiny_llama", "make_task",
+                   "Llama-architecture causal LM (Hugging Face transformers, 6 layers, 0.95M parameters, bytes) "
+                   "trained on the Python standard library's source; metric held-out perplexity (lower is "
+                   "better); needs the llm extra"),
     "resnet18": ("bitsearch.tasks.vision", "make_resnet18",
                  "torchvision ResNet-18 (3x224x224), shape-only: no data or training, for cost and scale work"),
     "resnet50": ("bitsearch.tasks.vision", "make_resnet50",
