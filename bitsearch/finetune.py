@@ -327,7 +327,8 @@ def load_finetuned(path: str | os.PathLike, task, *, saved: dict | None = None):
     Raises :class:`FinetuneError` (one line) for a file made for another model."""
     import torch
 
-    from .quant.learnable import learnable_layer, _replace
+    from .quant.functional import replace_modules
+    from .quant.learnable import learnable_layer
 
     data = saved if saved is not None else read_saved(path)
     width_mult = float(data.get("width_mult", 1.0))
@@ -356,7 +357,7 @@ def load_finetuned(path: str | os.PathLike, task, *, saved: dict | None = None):
                 layer.weight.copy_(entry["float_weight"])
             layer.act_clip.copy_(entry["act_clip"])
         replacements[id(module)] = layer
-    model = _replace(model, replacements)
+    model = replace_modules(model, replacements)
     try:
         missing, unexpected = model.load_state_dict(data["state"], strict=False)
     except RuntimeError as exc:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import PolicyError, QuantizationError
 from ..policy import LayerBits, Policy, validate_policy
-from .functional import FLOAT_BITS, IntegerWeight
+from .functional import IntegerWeight, replace_modules, weight_bits_are_float
 from .modules import QuantMixin, layer_kind, to_quant
 
 DEFAULT_CALIBRATION_BATCH = 256
@@ -79,16 +79,6 @@ def _check_widths(b: LayerBits) -> None:
     check_bits(b.act_bits, "activation")
 
 
-def _replace_modules(model: nn.Module, replacements: Mapping[int, nn.Module]) -> nn.Module:
-    """Put ``replacements[id(old)]`` wherever ``old`` is registered (a shared module may be
-    registered under several parents); returns the new root."""
-    for module in list(model.modules()):
-        for child_name, child in list(module._modules.items()):
-            if child is not None and id(child) in replacements:
-                module._modules[child_name] = replacements[id(child)]
-    return replacements.get(id(model), model)
-
-
 def set_policy(qmodel: nn.Module, policy: Policy | Mapping, *, space=None) -> nn.Module:
     """Set the widths of ``qmodel``'s quantized layers in place (no copy, no calibration).
 
@@ -142,7 +132,7 @@ def apply_policy(model: nn.Module, policy: Policy | Mapping, *, space=None, cali
             module = quantized
         module.set_bits(b.weight_bits, b.act_bits, group)
         module.layer_name = name
-    qmodel = _replace_modules(qmodel, replacements)
+    qmodel = replace_modules(qmodel, replacements)
     if calibration is not None:
         calibrate(qmodel, calibration, batch_size=batch_size)
     return qmodel
@@ -214,7 +204,7 @@ def integer_weights(qmodel: nn.Module) -> dict[str, IntegerWeight]:
     weights (what an integer deployment loads; they reproduce the fake-quantized weights
     bit for bit)."""
     return {name: module.integer_weight() for name, module in quant_modules(qmodel).items()
-            if int(module.weight_bits[0]) < FLOAT_BITS}
+            if not weight_bits_are_float(module.weight_bits)}
 
 
 def model_policy(qmodel: nn.Module, granularity: str = "layer") -> Policy:

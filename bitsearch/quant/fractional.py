@@ -35,17 +35,11 @@ import torch
 from torch import nn
 
 from . import functional
+from .functional import FLOAT_BITS, per_kernel, weight_scales
 
 __all__ = ["choice_interpolation", "weight_scales", "quantize_weight", "quantize_weight_fractional",
            "quantize_activation", "quantize_activation_fractional", "calibrate_input_ranges",
            "FractionalQuantModel"]
-
-FLOAT_BITS = 32
-
-
-def _per_kernel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.reshape((-1,) + (1,) * (like.dim() - 1))
-
 
 # --- where a fractional width sits among the choices -------------------------------------
 def choice_interpolation(bits: torch.Tensor, choices: Sequence[int]):
@@ -70,26 +64,7 @@ def choice_interpolation(bits: torch.Tensor, choices: Sequence[int]):
 
 
 # --- weights -----------------------------------------------------------------------------
-def _kernel_bits(bits, weight: torch.Tensor) -> torch.Tensor:
-    kernels = weight.shape[0]
-    if isinstance(bits, torch.Tensor):
-        b = bits.detach().to(device=weight.device, dtype=torch.float32).reshape(-1)
-    else:
-        b = torch.tensor([float(v) for v in bits] if isinstance(bits, (list, tuple)) else [float(bits)],
-                         dtype=torch.float32, device=weight.device)
-    if b.numel() == 1:
-        b = b.expand(kernels)
-    if b.numel() != kernels:
-        raise ValueError(f"{b.numel()} kernel widths for a weight with {kernels} kernels")
-    return b
-
-
-def weight_scales(weight: torch.Tensor, bits) -> torch.Tensor:
-    """Per-kernel scales ``max|w_k| / (2**(b_k-1) - 1)``, shape ``[out]``, no gradient
-    (:func:`bitsearch.quant.functional.weight_scales`)."""
-    return functional.weight_scales(weight, _kernel_bits(bits, weight).to(torch.int64))
-
-
+# (``weight_scales`` is :func:`bitsearch.quant.functional.weight_scales`, imported above)
 def _integer_quantizer(weight: torch.Tensor, b: torch.Tensor, scale_group: int | None) -> torch.Tensor:
     if scale_group is None:
         return functional.fake_quantize_weight(weight, b)
@@ -103,15 +78,15 @@ def quantize_weight(weight: torch.Tensor, bits, scale_group: int | None = None) 
     in ``weight``: :func:`bitsearch.quant.functional.fake_quantize_weight` (with
     ``scale_group``: per-group scales, :mod:`bitsearch.quant.formats`).  Widths of 32 and
     more leave the weight in float."""
-    b = _kernel_bits(bits, weight)
+    b = functional.kernel_bits_tensor(bits, weight)
     if bool((b >= FLOAT_BITS).all()):
         return weight
     if bool((b < 2).any()):
         raise ValueError(f"weight widths must be at least 2 bits, got {sorted(set(b.tolist()))}")
     if bool((b >= FLOAT_BITS).any()):  # some kernels float, others not
-        q = _integer_quantizer(weight, torch.clamp(b, max=functional.MAX_BITS).to(torch.int64), scale_group)
-        return torch.where(_per_kernel(b >= FLOAT_BITS, weight), weight, q)
-    return _integer_quantizer(weight, b.to(torch.int64), scale_group)
+        q = _integer_quantizer(weight, torch.clamp(b, max=functional.MAX_BITS), scale_group)
+        return torch.where(per_kernel(b >= FLOAT_BITS, weight), weight, q)
+    return _integer_quantizer(weight, b, scale_group)
 
 
 def quantize_weight_fractional(weight: torch.Tensor, bits: torch.Tensor, choices: Sequence[int],
@@ -128,7 +103,7 @@ def quantize_weight_fractional(weight: torch.Tensor, bits: torch.Tensor, choices
     if len(choices) == 1:
         return q_lo
     q_hi = quantize_weight(weight, hi_bits, scale_group)
-    f = _per_kernel(frac.reshape(-1), weight) if frac.numel() > 1 else frac
+    f = per_kernel(frac.reshape(-1), weight) if frac.numel() > 1 else frac
     return (1.0 - f) * q_lo + f * q_hi  # exact at f = 0 and f = 1
 
 

@@ -54,6 +54,12 @@ def unsigned_qmax(bits: int) -> int:
     return (1 << int(bits)) - 1
 
 
+def weight_bits_are_float(weight_bits: torch.Tensor) -> bool:
+    """True when a layer's per-kernel widths (a layer never mixes float and integer kernels)
+    mean float weights."""
+    return int(weight_bits[0]) >= FLOAT_BITS
+
+
 def is_float_bits(bits) -> bool:
     """True for widths that mean "leave in float" (None, or 32 and more)."""
     return bits is None or int(bits) >= FLOAT_BITS
@@ -122,7 +128,7 @@ def fake_quantize(x: torch.Tensor, scale, qmin, qmax) -> torch.Tensor:
 
 
 # --- weights ----------------------------------------------------------------------------
-def _per_kernel(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def per_kernel(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``values`` of shape ``[out]`` reshaped to broadcast against ``weight``."""
     return values.reshape((-1,) + (1,) * (weight.dim() - 1))
 
@@ -165,8 +171,8 @@ def fake_quantize_weight(weight: torch.Tensor, bits, *, scale: torch.Tensor | No
     b = kernel_bits_tensor(bits, weight)
     if scale is None:
         scale = weight_scales(weight, b)
-    qmax = _per_kernel(signed_qmax(b), weight)
-    return fake_quantize(weight, _per_kernel(scale, weight), -qmax, qmax)
+    qmax = per_kernel(signed_qmax(b), weight)
+    return fake_quantize(weight, per_kernel(scale, weight), -qmax, qmax)
 
 
 @dataclass(frozen=True)
@@ -179,7 +185,7 @@ class IntegerWeight:
     bits: torch.Tensor    # int64, shape [out]
 
     def dequantize(self) -> torch.Tensor:
-        return self.values.to(torch.float32) * _per_kernel(self.scales, self.values)
+        return self.values.to(torch.float32) * per_kernel(self.scales, self.values)
 
 
 def quantize_weight_int(weight: torch.Tensor, bits, *, scale: torch.Tensor | None = None) -> IntegerWeight:
@@ -188,8 +194,8 @@ def quantize_weight_int(weight: torch.Tensor, bits, *, scale: torch.Tensor | Non
         b = kernel_bits_tensor(bits, weight)
         if scale is None:
             scale = weight_scales(weight, b)
-        qmax = _per_kernel(signed_qmax(b), weight)
-        q = torch.clamp(torch.round(weight.detach().to(torch.float32) * torch.reciprocal(_per_kernel(scale, weight))),
+        qmax = per_kernel(signed_qmax(b), weight)
+        q = torch.clamp(torch.round(weight.detach().to(torch.float32) * torch.reciprocal(per_kernel(scale, weight))),
                         -qmax, qmax)
         dtype = torch.int8 if int(b.max()) <= 8 else torch.int16
         return IntegerWeight(q.to(dtype), scale.detach().to(torch.float32).clone(), b.clone())
@@ -208,7 +214,7 @@ def fake_quantize_weight_fractional(weight: torch.Tensor, bits: torch.Tensor) ->
     frac = b - low
     high = torch.clamp(low + 1, max=float(MAX_BITS))
     if frac.dim() > 0:
-        frac = _per_kernel(frac, weight)
+        frac = per_kernel(frac, weight)
     q_low = fake_quantize_weight(weight, low.to(torch.int64))
     q_high = fake_quantize_weight(weight, high.to(torch.int64))
     return q_low + frac * (q_high - q_low)
@@ -260,3 +266,15 @@ def quantize_activation_int(x: torch.Tensor, qparams: ActivationQParams) -> torc
     with torch.no_grad():
         inv = torch.reciprocal(torch.tensor(qparams.scale, dtype=torch.float32))
         return torch.clamp(torch.round(x.to(torch.float32) * inv), qparams.qmin, qparams.qmax).to(torch.int32)
+
+
+# --- module surgery shared by the forward paths ----------------------------------------------
+def replace_modules(model, replacements):
+    """Put ``replacements[id(old)]`` wherever ``old`` is registered (a shared module may be
+    registered under several parents); returns the new root (``model`` itself unless the
+    root is replaced)."""
+    for module in list(model.modules()):
+        for child_name, child in list(module._modules.items()):
+            if child is not None and id(child) in replacements:
+                module._modules[child_name] = replacements[id(child)]
+    return replacements.get(id(model), model)

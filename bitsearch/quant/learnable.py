@@ -33,8 +33,8 @@ from torch import nn
 
 from ..errors import QuantizationError
 from .functional import (
-    FLOAT_BITS, IntegerWeight, fake_quantize, kernel_bits_tensor, quantize_weight_int, signed_qmax,
-    unsigned_qmax, weight_scales,
+    IntegerWeight, fake_quantize, kernel_bits_tensor, per_kernel, quantize_weight_int, replace_modules, signed_qmax,
+    unsigned_qmax, weight_bits_are_float, weight_scales,
 )
 from .modules import QuantMixin, _build_on_meta, describe_weight_bits
 
@@ -45,10 +45,6 @@ def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
     """``x`` forward, gradient times ``factor`` backward (LSQ's step-size gradient scale)."""
     scaled = x * factor
     return x.detach() + (scaled - scaled.detach())  # the value is x exactly: y - y is 0
-
-
-def _per_kernel(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return values.reshape((-1,) + (1,) * (weight.dim() - 1))
 
 
 class LearnableQuantMixin:
@@ -72,7 +68,7 @@ class LearnableQuantMixin:
     # --- widths ------------------------------------------------------------------------------
     @property
     def weight_is_float(self) -> bool:
-        return int(self.weight_bits[0]) >= FLOAT_BITS
+        return weight_bits_are_float(self.weight_bits)
 
     @property
     def act_bits(self) -> int | None:
@@ -88,11 +84,11 @@ class LearnableQuantMixin:
         if self.weight_is_float:
             return self.weight
         qmax = signed_qmax(self.weight_bits)  # float tensor, one per kernel
-        per_kernel = self.weight[0].numel()
-        factor = 1.0 / math.sqrt(per_kernel * float(qmax.max()))
+        weights_per_kernel = self.weight[0].numel()
+        factor = 1.0 / math.sqrt(weights_per_kernel * float(qmax.max()))
         step = grad_scale(self.step(), factor)
-        qmax = _per_kernel(qmax, self.weight)
-        return fake_quantize(self.weight, _per_kernel(step, self.weight), -qmax, qmax)
+        qmax = per_kernel(qmax, self.weight)
+        return fake_quantize(self.weight, per_kernel(step, self.weight), -qmax, qmax)
 
     def integer_weight(self) -> IntegerWeight:
         """Integers and the learned steps as scales: ``values * scales`` is the weight
@@ -178,14 +174,6 @@ def learnable_layer(module: nn.Module, weight_bits, act_bits, *, act_signed: boo
     raise TypeError(f"cannot quantize a {type(module).__name__}: only Conv1d, Conv2d and Linear")
 
 
-def _replace(model: nn.Module, replacements: dict[int, nn.Module]) -> nn.Module:
-    for module in list(model.modules()):
-        for child_name, child in list(module._modules.items()):
-            if child is not None and id(child) in replacements:
-                module._modules[child_name] = replacements[id(child)]
-    return replacements.get(id(model), model)
-
-
 def to_learnable(qmodel: nn.Module) -> nn.Module:
     """Replace, in place, every calibrated fake-quantized layer of ``qmodel`` (from
     ``apply_policy``) by its LSQ/PACT counterpart at the same widths, starting from the
@@ -206,7 +194,7 @@ def to_learnable(qmodel: nn.Module) -> nn.Module:
             clip = clip if clip > 0 else 1.0
         replacements[id(module)] = learnable_layer(module, module.weight_bits.clone(), act_bits,
                                                    act_signed=signed, act_clip=clip, layer_name=name)
-    return _replace(qmodel, replacements)
+    return replace_modules(qmodel, replacements)
 
 
 def learnable_modules(model: nn.Module) -> dict[str, LearnableQuantMixin]:

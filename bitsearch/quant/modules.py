@@ -36,7 +36,7 @@ from torch import nn
 from ..errors import QuantizationError
 from .functional import (
     FLOAT_BITS, ActivationQParams, IntegerWeight, activation_qparams, check_bits, fake_quantize_activation,
-    fake_quantize_weight, is_float_bits, kernel_bits_tensor, quantize_weight_int,
+    fake_quantize_weight, is_float_bits, kernel_bits_tensor, quantize_weight_int, weight_bits_are_float,
 )
 
 # the layer types bitsearch quantizes, and the kind names of the search space
@@ -96,7 +96,7 @@ class QuantMixin:
 
     @property
     def weight_is_float(self) -> bool:
-        return int(self.weight_bits[0]) >= FLOAT_BITS
+        return weight_bits_are_float(self.weight_bits)
 
     # --- calibration ------------------------------------------------------------------------
     def reset_calibration(self) -> None:
