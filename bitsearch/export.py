@@ -1,5 +1,5 @@
-"""Converting policies to other tools' formats.  ``FORMATS`` maps a name to a function
-``policy -> text``."""
+"""Converting policies to other tools' formats: :func:`export_policy` (``FORMATS`` names
+them; the ONNX model itself is :mod:`bitsearch.onnx_export`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 import io
 
 from .errors import UserInputError
-from .interop import to_hawq, to_nncf
+from .interop import to_hawq, to_hawq_module, to_nncf
 from .policy import Policy
 
 
@@ -30,19 +30,41 @@ def to_csv(policy: Policy) -> str:
     return out.getvalue()
 
 
-def to_llamacpp(policy: Policy) -> str:
+def to_llamacpp(policy: Policy, *, arch: str | None = None) -> str:
     """A ``--tensor-type-file`` for llama.cpp's ``llama-quantize`` (see :mod:`bitsearch.llamacpp`)."""
-    from .llamacpp import to_tensor_type_file
+    from .llamacpp import DEFAULT_ARCH, to_tensor_type_file
 
-    return to_tensor_type_file(policy)
-
-
-FORMATS = {"csv": to_csv, "hawq": to_hawq, "nncf": to_nncf, "llama.cpp": to_llamacpp}
+    return to_tensor_type_file(policy, arch=arch or DEFAULT_ARCH)
 
 
-def export_policy(policy: Policy, fmt: str) -> str:
-    try:
-        convert = FORMATS[fmt]
-    except KeyError:
-        raise UserInputError(f"unknown export format {fmt!r}; known formats: {', '.join(sorted(FORMATS))}") from None
-    return convert(policy)
+FORMATS = ("csv", "hawq", "nncf", "llama.cpp")
+
+
+def export_policy(policy: Policy, fmt: str, *, task=None, source: str | None = None, config_name: str | None = None,
+                  hawq_json: bool = True, target_device: str | None = None, gguf_arch: str | None = None) -> str:
+    """``policy`` as text in format ``fmt`` (``csv``, ``hawq``, ``nncf``, ``llama.cpp``).
+
+    ``task`` (a Task): the layers are checked against its model first (every layer
+    present, none unknown); nncf reads the module classes of its model from it (without
+    it, from the task the policy names).  hawq: ``hawq_json`` gives the bare bit_config
+    dictionary as JSON, otherwise a ``bit_config.py`` module (``config_name`` names its
+    entry).  nncf: ``target_device`` (default TRIAL).  llama.cpp: ``gguf_arch`` (default
+    llama) names the GGUF tensors."""
+    if fmt not in FORMATS:
+        raise UserInputError(f"unknown export format {fmt!r}; known formats: {', '.join(sorted(FORMATS + ('onnx',)))}")
+    kinds = classes = producers = None
+    if task is not None:
+        from .finetune import check_policy_for_task
+        from .interop import nncf_model_facts
+
+        width_mult = float((policy.meta.get("model") or {}).get("width_mult", 1.0))
+        policy = check_policy_for_task(policy, task, width_mult, source=source)
+        if fmt == "nncf":
+            classes, kinds, producers = nncf_model_facts(task, width_mult)
+    if fmt == "csv":
+        return to_csv(policy)
+    if fmt == "hawq":
+        return to_hawq(policy) if hawq_json else to_hawq_module(policy, config_name)
+    if fmt == "llama.cpp":
+        return to_llamacpp(policy, arch=gguf_arch)
+    return to_nncf(policy, module_classes=classes, kinds=kinds, target_device=target_device, producers=producers)

@@ -60,7 +60,7 @@ def test_export_csv(tmp_path, capsys):
     rows = out.strip().splitlines()
     assert rows[0] == "layer,kernels,weight_bits,mean_weight_bits,act_bits"
     assert rows[1].startswith("stem,8,4;4;4;4;4;4;4;4,4,8")
-    code, _, err = run(capsys, "export", str(path), "--to", "onnx")
+    code, _, err = run(capsys, "export", str(path), "--to", "tflite")  # (onnx is a format now: tests/test_onnx.py)
     assert_one_line_error(code, err, "unknown export format", "csv")
 
 

@@ -13,15 +13,20 @@ Latency tables for 'bitsearch search --latency-table FILE --budget latency=...'.
 
   template  the CSV to fill on your own device: one row per layer and (weight bits,
             act bits), the latency column empty, the device line to name
-  measure   the same table measured on this machine's CPU: float32 and int8 (torch's
-            quantized CPU kernels); widths the CPU cannot run faster are charged the
-            nearest kernel it has, as the file's metadata states"""
+  measure   the same table measured on this machine's CPU: with --runtime torch (default)
+            float32 and int8 (torch's quantized CPU kernels), widths the CPU cannot run
+            faster charged the nearest kernel it has; with --runtime onnxruntime the
+            ONNX models 'bitsearch export --to onnx' writes, profiled by onnxruntime layer
+            by layer (int4/int8/int16/float weights, each activation width), with the
+            end-to-end time of each uniform model and how well the rows add up to it in
+            the file's metadata (needs the deploy extra)"""
 
 EPILOG = """\
 examples:
   bitsearch latency template --task resnet18 --weight-bits 4,8 --act-bits 4,8 --out resnet18.csv
   bitsearch latency measure --task mnist1d-cnn --weight-bits 4,8,16 --out mnist1d.csv
   bitsearch latency measure --template resnet18.csv --task resnet18 --out resnet18-here.csv
+  bitsearch latency measure --runtime onnxruntime --task mnist1d-cnn --weight-bits 2-8 --act-bits 8 --out ort.csv
   bitsearch search --task mnist1d-cnn --searcher uniform --weight-bits 4,8,16 \\
       --latency-table mnist1d.csv --budget latency=frac:0.5
 """
@@ -53,7 +58,12 @@ def register(subparsers) -> None:
             q.add_argument("--threads", type=threads_arg, default=1, help="torch CPU threads (default 1)")
             q.add_argument("--batch", type=int, default=1, help="batch size of the timed calls (default 1); "
                                                                 "latencies are per sample")
-            q.add_argument("--float-only", action="store_true", help="time the float32 kernel only")
+            q.add_argument("--float-only", action="store_true", help="torch: time the float32 kernel only")
+            q.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                           help="what runs the layers: torch's CPU kernels (default) or onnxruntime on the "
+                                "exported ONNX model")
+            q.add_argument("--no-int4", action="store_true",
+                           help="onnxruntime: store weights of <= 4 bits as int8, as 'export --no-int4' does")
         q.set_defaults(func=cmd_latency, latency_command=action)
 
 
@@ -111,11 +121,28 @@ def cmd_latency(args) -> int:
                                     f"task {task.name!r}")
     else:
         keys = latency.table_keys(space, act_bits=args.table_acts)
-    with Bar("latency", len(keys)) as bar:
-        rows, meta = latency.measure_latency(task, keys, width_mult=args.width_mult, batch=args.batch,
-                                             repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                                             progress=lambda done, total: bar.set(done, total=total),
-                                             int8=not args.float_only)
+    if args.runtime == "onnxruntime":
+        if args.float_only:
+            raise UserInputError("--float-only is for --runtime torch")
+        from ..latency_ort import measure_onnxruntime
+
+        with Bar("latency (onnxruntime)", 1) as bar:
+            rows, meta, summary = measure_onnxruntime(task, space, keys, batch=args.batch, repeats=args.repeats,
+                                                      warmup=args.warmup, threads=args.threads,
+                                                      int4=not args.no_int4, width_mult=args.width_mult,
+                                                      progress=lambda done, total: bar.set(done, total=total))
+        for name, entry in summary.items():
+            print(f"  uniform {name}: end to end {entry['end_to_end_ms']:.4f} ms, layer rows add up to "
+                  f"{entry['layers_sum_ms']:.4f} ms ({entry['layers_sum_over_end_to_end']:.2f}x), other nodes "
+                  f"{entry['other_nodes_ms']:.4f} ms", file=sys.stderr)
+    else:
+        if args.no_int4:
+            raise UserInputError("--no-int4 is for --runtime onnxruntime")
+        with Bar("latency", len(keys)) as bar:
+            rows, meta = latency.measure_latency(task, keys, width_mult=args.width_mult, batch=args.batch,
+                                                 repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+                                                 progress=lambda done, total: bar.set(done, total=total),
+                                                 int8=not args.float_only)
     meta["model"] = f"{space.model_name} {space.fingerprint}"
     latency.write_table(args.out, rows, meta, parents=False)
     total = {}

@@ -60,6 +60,16 @@ def weight_bits_are_float(weight_bits: torch.Tensor) -> bool:
     return int(weight_bits[0]) >= FLOAT_BITS
 
 
+def integer_container(qmin: int, qmax: int) -> torch.dtype:
+    """The smallest torch integer type holding ``[qmin, qmax]`` (uint8/int8, uint16/int16,
+    int32): what integers of that range are stored in."""
+    for dtype in ((torch.uint8, torch.uint16) if qmin >= 0 else ()) + (torch.int8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= qmin and qmax <= info.max:
+            return dtype
+    raise ValueError(f"no integer type holds [{qmin}, {qmax}]")
+
+
 def is_float_bits(bits) -> bool:
     """True for widths that mean "leave in float" (None, or 32 and more)."""
     return bits is None or int(bits) >= FLOAT_BITS

@@ -115,6 +115,16 @@ class LearnableQuantMixin:
         scale = float((alpha / qmax).detach())
         return fake_quantize(clipped, scale, qmin, qmax)
 
+    @classmethod
+    def build(cls, module, weight_bits, act_bits, act_signed, act_clip, layer_name=""):
+        """The learnable twin of ``module`` (its parameters adopted, not copied)."""
+        layer = _build_on_meta(cls, module)
+        layer._init_learnable(weight_bits, act_bits, act_signed, act_clip, layer_name)
+        return layer
+
+    def extra_repr(self):
+        return super().extra_repr() + ", " + self._extra_learnable_repr()
+
     def _extra_learnable_repr(self) -> str:
         w = describe_weight_bits(self.weight_bits)
         a = "float" if self.act_bits is None else f"{self.act_bits} ({'signed' if bool(self.act_signed) else 'unsigned'})"
@@ -122,20 +132,8 @@ class LearnableQuantMixin:
 
 
 class _LSQConvMixin(LearnableQuantMixin):
-    @classmethod
-    def build(cls, module, weight_bits, act_bits, act_signed, act_clip, layer_name=""):
-        layer = _build_on_meta(cls, module, in_channels=module.in_channels, out_channels=module.out_channels,
-                       kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-                       dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
-                       padding_mode=module.padding_mode)
-        layer._init_learnable(weight_bits, act_bits, act_signed, act_clip, layer_name)
-        return layer
-
     def forward(self, x):
         return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
-
-    def extra_repr(self):
-        return super().extra_repr() + ", " + self._extra_learnable_repr()
 
 
 class LSQConv1d(_LSQConvMixin, nn.Conv1d):
@@ -149,18 +147,8 @@ class LSQConv2d(_LSQConvMixin, nn.Conv2d):
 class LSQLinear(LearnableQuantMixin, nn.Linear):
     """A ``Linear`` with LSQ weights and a PACT input quantizer."""
 
-    @classmethod
-    def build(cls, module, weight_bits, act_bits, act_signed, act_clip, layer_name=""):
-        layer = _build_on_meta(cls, module, in_features=module.in_features, out_features=module.out_features,
-                       bias=module.bias is not None)
-        layer._init_learnable(weight_bits, act_bits, act_signed, act_clip, layer_name)
-        return layer
-
     def forward(self, x):
         return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
-
-    def extra_repr(self):
-        return super().extra_repr() + ", " + self._extra_learnable_repr()
 
 
 LEARNABLE_CLASSES = ((nn.Conv1d, LSQConv1d), (nn.Conv2d, LSQConv2d), (nn.Linear, LSQLinear))

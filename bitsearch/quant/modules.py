@@ -234,10 +234,22 @@ def describe_weight_bits(weight_bits: torch.Tensor) -> str:
     return f"per-kernel {values[0]}..{values[-1]}"
 
 
-def _build_on_meta(cls, module: nn.Module, **kwargs):
-    """Construct ``cls`` without allocating or initialising weights, then adopt ``module``'s."""
+def layer_geometry(module: nn.Module) -> dict:
+    """The constructor arguments of a Conv1d/Conv2d/Linear ``module`` (without its weights)."""
+    if isinstance(module, nn.Linear):
+        return {"in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
+    return {"in_channels": module.in_channels, "out_channels": module.out_channels,
+            "kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
+            "dilation": module.dilation, "groups": module.groups, "bias": module.bias is not None,
+            "padding_mode": module.padding_mode}
+
+
+def _build_on_meta(cls, module: nn.Module):
+    """Construct ``cls`` (a subclass of ``module``'s layer type) with ``module``'s geometry,
+    without allocating or initialising weights, then adopt ``module``'s."""
     with torch.device("meta"):
-        q = cls(**kwargs, dtype=module.weight.dtype)
+        q = cls(**layer_geometry(module), dtype=module.weight.dtype)
     q.weight = module.weight
     if hasattr(module, "bias"):
         q.bias = module.bias
@@ -248,10 +260,7 @@ def _build_on_meta(cls, module: nn.Module, **kwargs):
 class _QuantConvMixin(QuantMixin):
     @classmethod
     def from_float(cls, module, weight_bits=FLOAT_BITS, act_bits=None, layer_name: str = ""):
-        q = _build_on_meta(cls, module, in_channels=module.in_channels, out_channels=module.out_channels,
-                           kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-                           dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
-                           padding_mode=module.padding_mode)
+        q = _build_on_meta(cls, module)
         q._init_quant(weight_bits, act_bits, layer_name)
         return q
 
@@ -276,8 +285,7 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     @classmethod
     def from_float(cls, module, weight_bits=FLOAT_BITS, act_bits=None, layer_name: str = ""):
-        q = _build_on_meta(cls, module, in_features=module.in_features, out_features=module.out_features,
-                           bias=module.bias is not None)
+        q = _build_on_meta(cls, module)
         q._init_quant(weight_bits, act_bits, layer_name)
         return q
 
