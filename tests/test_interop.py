@@ -450,11 +450,12 @@ def _nncf_219():
 
 @pytest.mark.nncf
 @pytest.mark.parametrize("task_name", ["mnist1d-cnn", "resnet18"])
-def test_nncf_219_create_compressed_model_gives_every_width(task_name, tmp_path, capsys):
+def test_nncf_219_create_compressed_model_gives_every_width(task_name, tmp_path, capsys, monkeypatch):
     """With NNCF 2.19 installed (pip install nncf==2.19.0; it pins numpy < 2.3, so beside this
     project's numpy install it with --no-deps): NNCF's own NNCFConfig and
     create_compressed_model accept the export and give every quantizer it names the asked width."""
     NNCFConfig, create_compressed_model = _nncf_219()
+    monkeypatch.chdir(tmp_path)  # NNCF writes its graph dumps (original_graph.dot ...) to the working directory
     from bitsearch.tasks import get_task
 
     task = get_task(task_name)

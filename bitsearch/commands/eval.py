@@ -54,14 +54,6 @@ def register(subparsers) -> None:
                    help="--onnx: keep float biases (onnxruntime otherwise rounds them to the int32 accumulator grid "
                         "for its integer kernels, which moves low-bit models slightly); it then runs float kernels "
                         "and computes bitsearch's numbers")
-    p.add_argument("--onnx", metavar="FILE", help="score this ONNX model (from bitsearch export --to onnx) in onnxruntime")
-    p.add_argument("--optimization", choices=("all", "extended", "basic", "none"), default="all",
-                   help="--onnx: onnxruntime's graph optimization level (default all, what a deployment runs: "
-                        "integer kernels fused from QuantizeLinear/DequantizeLinear)")
-    p.add_argument("--float-bias", action="store_true",
-                   help="--onnx: keep float biases (onnxruntime otherwise rounds them to the int32 accumulator grid "
-                        "for its integer kernels, which moves low-bit models slightly); it then runs float kernels "
-                        "and computes bitsearch's numbers")
     p.add_argument("--threads", type=threads_arg, default=None, metavar="N",
                    help="torch CPU threads, at most the machine's cores (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -129,51 +121,6 @@ def cmd_eval(args) -> int:
     print_result(problem, policy, metrics, costs, verbose=args.verbose)
     if kind:
         print(f"metric kind: {kind}")
-    return 0
-
-
-def eval_onnx(args) -> int:
-    """``bitsearch eval --onnx FILE --task T``: the accuracy onnxruntime computes."""
-    from ..errors import UserInputError
-    from ..onnx_export import check_onnx_for_task, evaluate_onnx, read_metadata, session
-    from ..policy import Policy, load_policy
-    from ..tasks import get_task
-
-    if args.model or args.finetune_epochs or args.latency_table:
-        raise UserInputError("--onnx scores the exported model as it is: --model, --finetune-epochs and "
-                             "--latency-table do not apply")
-    meta = read_metadata(args.onnx)
-    task = get_task(args.task)
-    if task.shape_only:
-        raise UserInputError(f"task {task.name!r} is shape-only (no data): nothing to score the ONNX model on")
-    check_onnx_for_task(meta, task, args.onnx)
-    theirs = Policy.from_json(meta["policy"]) if meta.get("policy") else None
-    if args.policy:
-        policy = load_policy(args.policy)
-        if theirs is not None and policy.as_dict() != theirs.as_dict():
-            raise UserInputError(f"{args.onnx} was exported at other widths than {args.policy} gives; leave the "
-                                 "policy out to score the file as it is")
-    data = task.data()
-    threads = args.threads if args.threads is not None else 1
-    sess = session(args.onnx, threads=threads, optimization=args.optimization, float_bias=args.float_bias)
-    metrics = evaluate_onnx(sess, data.x_test, data.y_test, threads=threads)
-    own = json.loads(meta.get("fake_quant_metrics", "{}") or "{}")
-    diff_pp = None if "top1" not in own else 100.0 * (metrics["top1"] - float(own["top1"]))
-    if args.json:
-        print(json.dumps({"onnx": args.onnx, "task": task.name, "metrics": metrics,
-                          "metric_kind": "onnxruntime", "optimization": args.optimization,
-                          "float_bias": bool(args.float_bias),
-                          "bitsearch_fake_quant": own, "top1_difference_pp": diff_pp,
-                          "quantizers": meta.get("quantizers")}, indent=2))
-        return 0
-    how = f"{args.optimization} optimizations" + (", float bias" if args.float_bias else "")
-    line = f"onnxruntime ({how}): top1 {metrics['top1']:.4f}, loss {metrics['loss']:.4f}"
-    print(line)
-    if diff_pp is not None:
-        print(f"bitsearch fake-quantized ({own.get('metric_kind')}): top1 {float(own['top1']):.4f}, "
-              f"loss {float(own['loss']):.4f}; difference {diff_pp:+.2f} pp")
-    if meta.get("quantizers"):
-        print(f"quantizers: {meta['quantizers']}")
     return 0
 
 
