@@ -235,7 +235,12 @@ def describe_weight_bits(weight_bits: torch.Tensor) -> str:
 
 
 def layer_geometry(module: nn.Module) -> dict:
-    """The constructor arguments of a Conv1d/Conv2d/Linear ``module`` (without its weights)."""
+    """The constructor arguments of a Conv1d/Conv2d/Linear/Embedding ``module`` (without its
+    weights)."""
+    if isinstance(module, nn.Embedding):
+        return {"num_embeddings": module.num_embeddings, "embedding_dim": module.embedding_dim,
+                "padding_idx": module.padding_idx, "max_norm": module.max_norm, "norm_type": module.norm_type,
+                "scale_grad_by_freq": module.scale_grad_by_freq, "sparse": module.sparse}
     if isinstance(module, nn.Linear):
         return {"in_features": module.in_features, "out_features": module.out_features,
                 "bias": module.bias is not None}
@@ -303,9 +308,7 @@ class QuantEmbedding(QuantMixin, nn.Embedding):
 
     @classmethod
     def from_float(cls, module, weight_bits=FLOAT_BITS, act_bits=None, layer_name: str = ""):
-        q = _build_on_meta(cls, module, num_embeddings=module.num_embeddings, embedding_dim=module.embedding_dim,
-                           padding_idx=module.padding_idx, max_norm=module.max_norm, norm_type=module.norm_type,
-                           scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse)
+        q = _build_on_meta(cls, module)
         q._init_quant(weight_bits, act_bits, layer_name)
         return q
 
