@@ -63,6 +63,13 @@ def _check_int(value, name: str, low: int, problems: list) -> None:
         problems.append(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def _check_scoring(finetune_epochs, finetune_lr, calibration_samples, problems: list) -> None:
+    _check_int(finetune_epochs, "finetune_epochs", 0, problems)
+    if finetune_lr is not None and not (isinstance(finetune_lr, (int, float)) and finetune_lr > 0):
+        problems.append(f"finetune_lr must be a positive number, got {finetune_lr!r}")
+    _check_int(calibration_samples, "calibration_samples", 1, problems)
+
+
 def classification_metrics(loader: Iterable, *, inputs: Callable | None = None,
                            max_samples: int | None = None) -> Callable:
     """An ``evaluate(model) -> {"top1", "loss"}`` for a classifier over ``loader``'s
@@ -147,10 +154,7 @@ class ModelEvaluator:
         for what, value in (("loss", loss), ("train_step", train_step), ("inputs", inputs)):
             if value is not None and not callable(value):
                 problems.append(f"{what} must be a callable, got {type(value).__name__}")
-        _check_int(finetune_epochs, "finetune_epochs", 0, problems)
-        _check_int(calibration_samples, "calibration_samples", 1, problems)
-        if finetune_lr is not None and not (isinstance(finetune_lr, (int, float)) and finetune_lr > 0):
-            problems.append(f"finetune_lr must be a positive number, got {finetune_lr!r}")
+        _check_scoring(finetune_epochs, finetune_lr, calibration_samples, problems)
         if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
             problems.append(f"weight_decay must be a number >= 0, got {weight_decay!r}")
         if finetune_epochs and train_loader is None:
@@ -161,14 +165,9 @@ class ModelEvaluator:
         self.name = str(name)
         self.metric = metric
         self.higher_is_better = higher_is_better
-        self.finetune_epochs = finetune_epochs
-        self.finetune_lr = float(finetune_lr) if finetune_lr is not None else DEFAULT_FINETUNE_LR
-        self.weight_decay = float(weight_decay)
-        self.calibration_samples = calibration_samples
         self.cache_key = cache_key
-        self.deterministic = bool(deterministic)
-        self.metric_kind = "ptq" if finetune_epochs == 0 else f"ptq+ft{finetune_epochs}"
-        self.evaluations = 0  # fresh (uncached) evaluations so far
+        self._init_scoring(finetune_epochs, DEFAULT_FINETUNE_LR if finetune_lr is None else finetune_lr,
+                           weight_decay, calibration_samples, deterministic)
         self._evaluate_fn = evaluate
         self._loss_fn = loss
         self._train_step_fn = train_step
@@ -177,6 +176,17 @@ class ModelEvaluator:
         self._calibration_source = calibration
         self._train_loader = None if train_loader is None else LoaderBatches(train_loader, what="train_loader",
                                                                             inputs=self._inputs)
+
+    def _init_scoring(self, finetune_epochs: int, finetune_lr: float, weight_decay: float,
+                      calibration_samples: int | None, deterministic: bool) -> None:
+        """What every evaluator keeps besides its model: how it scores, its counter and caches."""
+        self.finetune_epochs = finetune_epochs
+        self.finetune_lr = float(finetune_lr)
+        self.weight_decay = float(weight_decay)
+        self.calibration_samples = calibration_samples
+        self.deterministic = bool(deterministic)
+        self.metric_kind = "ptq" if finetune_epochs == 0 else f"ptq+ft{finetune_epochs}"
+        self.evaluations = 0  # fresh (uncached) evaluations so far
         self._cache: dict[str, dict[str, float]] = {}
         self._lock = threading.RLock()
         self._float_metrics: dict[str, float] | None = None
@@ -441,10 +451,7 @@ class Evaluator(ModelEvaluator):
             raise TaskError(f"task {task.name!r} is shape-only (no data, no trained weights), so policies cannot "
                             "be scored on it; use it for costs (bitsearch inspect) or pick a trainable task")
         problems: list[str] = []
-        _check_int(finetune_epochs, "finetune_epochs", 0, problems)
-        if finetune_lr is not None and not (isinstance(finetune_lr, (int, float)) and finetune_lr > 0):
-            problems.append(f"finetune_lr must be a positive number, got {finetune_lr!r}")
-        _check_int(calibration_samples, "calibration_samples", 1, problems)
+        _check_scoring(finetune_epochs, finetune_lr, calibration_samples, problems)
         _check_int(batch_size, "batch_size", 1, problems)
         if problems:
             raise TaskError("Evaluator: " + "; ".join(problems))
@@ -452,22 +459,12 @@ class Evaluator(ModelEvaluator):
         self.width_mult = float(width_mult)
         self.name = task.name if self.width_mult == 1.0 else f"{task.name}@x{self.width_mult:g}"
         self.metric = task.metric
-        self.finetune_epochs = finetune_epochs
-        self.finetune_lr = float(finetune_lr) if finetune_lr is not None else task.recipe.lr / 10.0
-        self.weight_decay = float(task.recipe.weight_decay)
-        self.calibration_samples = calibration_samples
         self.batch_size = batch_size
-        self.deterministic = True
-        self.metric_kind = "ptq" if finetune_epochs == 0 else f"ptq+ft{finetune_epochs}"
-        self.evaluations = 0
-        self._cache = {}
-        self._lock = threading.RLock()
+        self._init_scoring(finetune_epochs, task.recipe.lr / 10.0 if finetune_lr is None else finetune_lr,
+                           task.recipe.weight_decay, calibration_samples, deterministic=True)
         self._model = None
         self._data = None
         self._calibration = None
-        self._names = None
-        self._float_metrics = None
-        self._reusable = None
         self._cache_key: str | None = None
 
     def __repr__(self) -> str:
