@@ -59,8 +59,6 @@ def write_image_folder(root, x, y):
         Image.fromarray(pixels, mode="L").save(folder / f"{i:04d}.png")
 
 
-
-
 def make_user_files(root: Path) -> Path:
     """A BarNet trained with plain torch (``barnet.pt``) and two image folders of PNG files
     (``images/train``, ``images/val``)."""

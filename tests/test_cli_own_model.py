@@ -1,12 +1,14 @@
 """The own-model road on the command line: ``--task ARCH --weights FILE --data imagefolder:DIR``,
 a user factory that returns a trained model, and the one-line errors on the way."""
 
+import itertools
 import json
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from bitsearch.bench.execute import pareto_front  # noqa: E402
 from bitsearch.cli import main  # noqa: E402
 
 from helpers import assert_one_line_error as one_line  # noqa: E402
@@ -79,13 +81,27 @@ def test_weights_and_an_image_folder_for_a_tasks_architecture(factories, capsys,
 
 
 def test_resnet18_with_your_weights_and_images(files, capsys):
-    summary, policy = _search(capsys, files, "--task", "resnet18", "--weights", files / "r18.pt", "--data",
-                              f"imagefolder:{files / 'rgb'}", "--searcher", "uniform")
+    _, policy = _search(capsys, files, "--task", "resnet18", "--weights", files / "r18.pt", "--data",
+                        f"imagefolder:{files / 'rgb'}", "--searcher", "uniform")
     assert policy["model"]["name"] == "resnet18" and len(policy["layers"]) == 21
     assert policy["costs"]["size"] <= policy["budgets"][0]["limit"]
     code, out, err = run(capsys, "inspect", "--task", "resnet18", "--weights", files / "r18.pt")
     assert code == 0, err
     assert "fc has 3 outputs" in out  # the classifier takes the state dict's number of classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("searcher, settings", [
+    ("ilp", ["--sensitivity", "hessian:probes=2,samples=9"]),
+    ("fracbits", ["--set", "epochs=1"]),
+    ("haq", ["--set", "episodes=4", "--set", "warmup=2"]),
+    ("autoq", ["--set", "episodes=3", "--set", "warmup=2"]),
+])
+def test_every_searcher_on_resnet18_with_your_weights_and_images(files, capsys, searcher, settings):
+    summary, policy = _search(capsys, files, "--task", "resnet18", "--weights", files / "r18.pt", "--data",
+                              f"imagefolder:{files / 'rgb'}", "--searcher", searcher, *settings)
+    assert policy["costs"]["size"] <= policy["budgets"][0]["limit"] and len(policy["layers"]) == 21
+    assert 0.0 <= summary["metrics"]["top1"] <= 1.0
 
 
 def test_a_factory_may_return_a_trained_model(factories, capsys):
@@ -124,8 +140,8 @@ def test_one_line_errors(files, factories, capsys):
 
 def test_nothing_is_written_on_error(files, capsys):
     out = files / "never.json"
-    code, _, err = run(capsys, "search", "--searcher", "uniform", "--budget", "size=4bit", "--task", "resnet18",
-                       "--weights", files / "barnet.pt", "--data", f"imagefolder:{files / 'images'}", "--out", out)
+    code, _, _ = run(capsys, "search", "--searcher", "uniform", "--budget", "size=4bit", "--task", "resnet18",
+                     "--weights", files / "barnet.pt", "--data", f"imagefolder:{files / 'images'}", "--out", out)
     assert code == 2 and not out.exists()
 
 
@@ -158,6 +174,12 @@ settings = { samples = 4 }
     assert all(r["metric"] >= oracle[r["budget_label"]] - 1e-12 for r in results["runs"])
     assert "loss (lower is better) mean" in (tmp_path / "out" / "report.md").read_text()
     assert (tmp_path / "out" / "pareto.png").exists()
+    fronts = [r["frontier"] for r in results["runs"] if r["oracle"]]
+    assert fronts and all(len(front) >= 1 for front in fronts)
+    for front in fronts:  # the oracle's frontier: dearer policies only where they lower the loss
+        assert all(a[0] < b[0] and a[1] > b[1] for a, b in itertools.pairwise(front))
+    assert pareto_front([(1, 0.5), (2, 0.3), (3, 0.4), (3, 0.2)], False) == [[1, 0.5], [2, 0.3], [3, 0.2]]
+    assert pareto_front([(1, 0.5), (2, 0.3), (3, 0.4), (3, 0.2)], True) == [[1, 0.5]]
     first = results["runs"][0]
     policy = json.loads((tmp_path / "out" / first["policy_file"]).read_text())
     assert policy["search"]["objective"] == "loss" and policy["search"]["higher_is_better"] is False

@@ -215,3 +215,42 @@ def test_problem_for_model_keeps_bitsearch_import_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert math.isfinite(1.0)
+
+
+def test_the_readmes_own_model_example_runs(user_files, tmp_path, monkeypatch):
+    """The Python call of README's "Your own model", run as it stands on a model of the user's."""
+    import re
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    section = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = section.split("\n## Your own model\n", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    train_loader, test_loader = loaders(user_files)
+    steps = []
+
+    def my_loss(model, batch):
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    def my_step(model, batch, optimizer):
+        steps.append(1)
+        optimizer.zero_grad()
+        loss = my_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    names = {"model": trained_model(user_files), "example_input": torch.zeros(1, 1, SIDE, SIDE),
+             "calib_loader": train_loader, "my_eval": classification_metrics(test_loader), "my_loss": my_loss,
+             "train_loader": train_loader, "my_step": my_step}
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Your own model)", "exec"), names)  # noqa: S102 (the README's own example)
+    problem, result = names["problem"], names["result"]
+    saved = Policy.from_json((tmp_path / "p.json").read_text())
+    assert problem.fits(saved) and saved.as_dict() == result.policy.as_dict()
+    assert result.info["status"] == "optimal"  # on the table the ILP estimated on the calibration batches
+    assert set(result.metrics) >= {"top1", "loss"}
+    bitsearch.searchers.create("fracbits", epochs=1).search(problem, seed=0)
+    assert steps  # fracbits trained through the README's train_step
