@@ -121,6 +121,31 @@ def test_the_readme_main_job_gives_the_readmes_numbers(private_cache, tmp_path, 
     assert not (private_cache / "weights").exists()  # nothing was trained
 
 
+def test_the_readmes_refine_example_holds():
+    """The layer interaction the README gives as the reason for refine, on the shipped weights."""
+    from bitsearch.build import ProblemOptions, SpaceOptions, problem_for_task
+    from bitsearch.policy import Policy
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- refine-example -->(.*?)<!-- /refine-example -->", text, re.DOTALL).group(1)
+    block = " ".join(block.split())
+    mixed = re.search(r"fc2 scores (\d+\.\d\d)% at 3 bits but (\d+\.\d\d)% at 4 bits and (\d+\.\d\d)% at 8 bits",
+                      block).groups()
+    alone = re.search(r"(\d+\.\d\d)% at 4 bits, (\d+\.\d\d)% at 3\.", block).groups()
+    problem = problem_for_task("mnist1d-cnn", SpaceOptions(weight_bits=(2, 3, 4, 8)),
+                               ProblemOptions(budgets=("size=3bit",)))
+    names = problem.space.names
+    template = Policy.uniform(problem.space, 8).to_dict()
+
+    def top1(widths):
+        policy = Policy.from_dict({**template, "layers": {n: {"weight_bits": w, "act_bits": 8}
+                                                          for n, w in zip(names, widths)}})
+        return f"{100 * problem.evaluate(policy)['top1']:.2f}"
+
+    assert tuple(top1((8, 8, 8, 4, 2, w)) for w in (3, 4, 8)) == mixed
+    assert tuple(top1((8, 8, 8, 8, 8, w)) for w in (4, 3)) == alone
+
+
 def test_ship_check_reports_a_missing_file(tmp_path, monkeypatch):
     folder = tmp_path / "shipped"
     shutil.copytree(tasks_base.SHIPPED_WEIGHTS, folder)
