@@ -4,7 +4,7 @@ Float epochs and one-epoch searches alternate (so both see the same machine load
 mnist1d-cnn, weights {2,3,4,8}, activations 8 bit, size=3bit, one thread; the ratio of
 the medians is recorded in benchmarks/results/fracbits_epoch_cost.json.  Target: <= 3.
 
-    nice python benchmarks/fracbits_epoch_cost.py [--rounds 3]
+    nice python benchmarks/fracbits_epoch_cost.py [--rounds 3] [--out benchmarks/results/fracbits_epoch_cost.json]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def float_epoch_seconds(task, repeats=2):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(OUT), help="the JSON file written (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = {"command": "nice python benchmarks/fracbits_epoch_cost.py " + " ".join(sys.argv[1:]),
@@ -68,8 +69,9 @@ def main(argv=None):
                                "search_epoch_seconds": [round(t, 3) for t in searches],
                                "ratio_of_medians": round(ratio, 3)}
         print(granularity, result[granularity], flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
