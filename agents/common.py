@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bitsearch.search import BaseSearcher, SearchRun
 from bitsearch.settings import SearcherSettings, setting
 
 from .rl import OFF_POLICY
@@ -170,3 +171,17 @@ def tidy_process(threads: int | None):
         np.random.set_state(np_state)
         random.setstate(py_state)
         torch.set_rng_state(torch_state)
+
+
+class RLSearcher(BaseSearcher):
+    """A searcher that trains an agent: :meth:`_train` runs in :func:`tidy_process` (the
+    configured torch threads, the global RNGs left as they were) and the search returns the
+    best evaluated policy."""
+
+    def _search(self, problem, run: SearchRun):
+        with tidy_process(self.config.threads):
+            self._train(problem, run)
+        return None  # the best evaluated policy
+
+    def _train(self, problem, run: SearchRun) -> None:
+        raise NotImplementedError

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.search import SearchRun
 
-from .common import RewardNormalizer, RLSettings, RunEnv, record_episode, tidy_process, truncated_normal
+from .common import RewardNormalizer, RLSearcher, RLSettings, RunEnv, record_episode, truncated_normal
 from .rl import OffPolicyLearner
 
 
@@ -37,17 +37,12 @@ class HAQSettings(RLSettings):
     """:class:`~bitsearch.agents.common.RLSettings` with HAQ's defaults."""
 
 
-class HAQSearcher(BaseSearcher):
+class HAQSearcher(RLSearcher):
     name = "haq"
     description = "flat DDPG over layers (HAQ, Wang et al. 2019), budget kept by projection"
     settings_class = HAQSettings
 
-    def _search(self, problem, run: SearchRun):
-        with tidy_process(self.config.threads):
-            self._loop(problem, run)
-        return None  # the best evaluated policy
-
-    def _loop(self, problem, run: SearchRun):
+    def _train(self, problem, run: SearchRun):
         s = self.config
         episodes, warmup = s.episodes, s.warmup
         algorithm = s.algorithm

@@ -50,10 +50,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitsearch.search import BaseSearcher, SearchRun
+from bitsearch.search import SearchRun
 from bitsearch.settings import setting
 
-from .common import REWARD_FORMS, RewardNormalizer, RLSettings, RunEnv, record_episode, tidy_process, truncated_normal
+from .common import REWARD_FORMS, RewardNormalizer, RLSearcher, RLSettings, RunEnv, record_episode, truncated_normal
 from .rl import OFF_POLICY, OffPolicyLearner, PPOLearner
 
 HIGH_ALGORITHMS = OFF_POLICY + ("ppo",)
@@ -88,15 +88,13 @@ class AutoQSettings(RLSettings):
     ppo_episodes: int = setting(8, ge=1, help="episodes per PPO update (algorithm=ppo)")
 
 
-class AutoQSearcher(BaseSearcher):
+class AutoQSearcher(RLSearcher):
     name = "autoq"
     description = "hierarchical DRL (AutoQ, Lou et al. 2020): layer goals, batched kernel widths"
     settings_class = AutoQSettings
 
-    def _search(self, problem, run: SearchRun):
-        with tidy_process(self.config.threads):
-            _AutoQRun(self.config, problem, run).loop()
-        return None  # the best evaluated policy
+    def _train(self, problem, run: SearchRun):
+        _AutoQRun(self.config, problem, run).loop()
 
 
 class _AutoQRun:

@@ -161,6 +161,16 @@ class Policy:
 
         ``act_bits='default'`` takes the widest activation choice of the space.
         """
+        return cls.layerwise(space, dict.fromkeys(space.names, weight_bits), act_bits)
+
+    @classmethod
+    def layerwise(cls, space: SearchSpace, weight_bits: Mapping[str, int],
+                  act_bits: int | None | str = "default") -> "Policy":
+        """Each free layer at its ``weight_bits[name]`` (every kernel of it, at kernel
+        granularity) and ``act_bits``; pinned layers as pinned.
+
+        ``act_bits='default'`` takes the widest activation choice of the space.
+        """
         if act_bits == "default":
             act_bits = None if space.act_bits is None else max(space.act_bits)
         pins = space.pins
@@ -170,7 +180,7 @@ class Policy:
                 pin = pins[layer.name]
                 bits.append((layer.name, _layer_bits(space, layer.kernels, pin.weight_bits, pin.act_bits)))
             else:
-                bits.append((layer.name, _layer_bits(space, layer.kernels, weight_bits, act_bits)))
+                bits.append((layer.name, _layer_bits(space, layer.kernels, weight_bits[layer.name], act_bits)))
         return cls(tuple(bits), space.granularity,
                    {"model": {"name": space.model_name, "fingerprint": space.fingerprint}}, space.scale_group)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from bitsearch import formats
 from bitsearch.errors import InfeasibleBudgetError, SearcherSettingsError, SearcherUnsupportedError
-from bitsearch.policy import LayerBits, Policy
+from bitsearch.policy import Policy
 from bitsearch.search import BaseSearcher, SearchRun
 from bitsearch.settings import SearcherSettings, setting
 
@@ -81,18 +81,7 @@ def rule_policy(space, base: int, more: int, output: int) -> Policy:
         top = max(wanted[n] for n in group)
         for n in group:
             wanted[n] = top
-    act = None if space.act_bits is None else max(space.act_bits)
-    pins = space.pins
-    bits = []
-    for layer in space.layers:
-        if layer.name in pins:
-            pin = pins[layer.name]
-            w, a = pin.weight_bits, pin.act_bits
-        else:
-            w, a = wanted[layer.name], act
-        bits.append((layer.name, LayerBits((w,) * layer.kernels if space.granularity == "kernel" else w, a)))
-    return Policy(tuple(bits), space.granularity,
-                  {"model": {"name": space.model_name, "fingerprint": space.fingerprint}})
+    return Policy.layerwise(space, wanted)
 
 
 @dataclass(frozen=True, kw_only=True)

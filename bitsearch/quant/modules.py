@@ -216,6 +216,16 @@ class QuantMixin:
         q.clamp_(qparams.qmin, qparams.qmax)
         return q, self._eval_weight(qparams.scale)
 
+    @classmethod
+    def from_float(cls, module, weight_bits=FLOAT_BITS, act_bits=None, layer_name: str = ""):
+        """The fake-quantized twin of the float layer ``module``, sharing its parameters."""
+        q = _build_on_meta(cls, module)
+        q._init_quant(weight_bits, act_bits, layer_name)
+        return q
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._extra_bits_repr()
+
     def _extra_bits_repr(self) -> str:
         w = self.weight_format or describe_weight_bits(self.weight_bits)
         if self.scale_group is not None and self.weight_format not in ("nvfp4", "mxfp4"):
@@ -263,18 +273,9 @@ def _build_on_meta(cls, module: nn.Module):
 
 
 class _QuantConvMixin(QuantMixin):
-    @classmethod
-    def from_float(cls, module, weight_bits=FLOAT_BITS, act_bits=None, layer_name: str = ""):
-        q = _build_on_meta(cls, module)
-        q._init_quant(weight_bits, act_bits, layer_name)
-        return q
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, weight = self.quantized_operands(x)
         return self._conv_forward(x, weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", " + self._extra_bits_repr()
 
 
 class QuantConv1d(_QuantConvMixin, nn.Conv1d):
@@ -288,29 +289,14 @@ class QuantConv2d(_QuantConvMixin, nn.Conv2d):
 class QuantLinear(QuantMixin, nn.Linear):
     """A fake-quantized ``nn.Linear``."""
 
-    @classmethod
-    def from_float(cls, module, weight_bits=FLOAT_BITS, act_bits=None, layer_name: str = ""):
-        q = _build_on_meta(cls, module)
-        q._init_quant(weight_bits, act_bits, layer_name)
-        return q
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, weight = self.quantized_operands(x)
         return F.linear(x, weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", " + self._extra_bits_repr()
 
 
 class QuantEmbedding(QuantMixin, nn.Embedding):
     """A fake-quantized ``nn.Embedding``: its weight rows (one kernel per token) are
     quantized; its input is token indices, so ``act_bits`` is ignored."""
-
-    @classmethod
-    def from_float(cls, module, weight_bits=FLOAT_BITS, act_bits=None, layer_name: str = ""):
-        q = _build_on_meta(cls, module)
-        q._init_quant(weight_bits, act_bits, layer_name)
-        return q
 
     def set_bits(self, weight_bits, act_bits, scale_group="keep") -> None:
         super().set_bits(weight_bits, None, scale_group)
@@ -319,9 +305,6 @@ class QuantEmbedding(QuantMixin, nn.Embedding):
         weight = self.quantized_weight()
         return F.embedding(x, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
                            self.sparse)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", " + self._extra_bits_repr()
 
 
 QUANT_CLASSES = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear,
