@@ -91,7 +91,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import schemas
-from ._io import atomic_write, atomic_write_text, dumps, input_limit, load_json_input, open_input
+from ._io import atomic_write, atomic_write_text, dumps, input_limit, load_json_input, open_input, parse_json
 from .budget import parse_budget
 from .cost import ANALYTIC, LatencyTableCost, TableCost
 from .errors import ProblemFileError, UserInputError
@@ -590,10 +590,8 @@ def _npz_arrays(handle, source: str) -> _Columns:
         text = arrays.pop("header")
         if text.dtype.kind not in "US" or text.shape != ():
             raise ProblemFileError(f"{source}: array 'header' must be one string (a JSON object)")
-        try:
-            given = json.loads(str(text.item() if text.dtype.kind == "U" else text.item().decode("utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProblemFileError(f"{source}: array 'header' is not a JSON object ({exc})") from None
+        given = parse_json(text.item() if text.dtype.kind == "U" else text.item(),
+                           lambda message: ProblemFileError(f"{source}: array 'header': {message}"))
         if not isinstance(given, Mapping):
             raise ProblemFileError(f"{source}: array 'header' is not a JSON object")
         bad = sorted(set(given) - set(_NPZ_HEADER_FIELDS))
@@ -707,9 +705,12 @@ def _columns_problems(c: _Columns, source: str) -> tuple[list[tuple[int | None, 
     header = c.header
     pinned_raw = dict(header.get("pinned") or {})
     index: dict[str, int] = {}
+    repeated: set = set()
     for i, name in enumerate(names):
         if name in index:
-            found.append((i, f"layer {name!r} appears twice"))
+            if name not in repeated:  # named once, however often it repeats
+                found.append((i, f"layer {name!r} appears more than once"))
+                repeated.add(name)
         else:
             index[name] = i
     if not n:

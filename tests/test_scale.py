@@ -188,7 +188,7 @@ def test_npz_errors_are_one_line(tmp_path):
     _bad_npz(tmp_path, {**good, "cost.memory": cost}, "negative")
     names = good["name"].copy()
     names[1] = names[0]
-    _bad_npz(tmp_path, {**good, "name": names}, "appears twice")
+    _bad_npz(tmp_path, {**good, "name": names}, "appears more than once")
     _bad_npz(tmp_path, {**good, "header": np.array(json.dumps({"schema_version": 2}))}, "schema_version")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ProblemFileError, match="not a readable .npz"):

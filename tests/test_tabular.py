@@ -153,7 +153,7 @@ def test_malformed_files_give_readable_errors(tmp_path):
     bad(tmp_path, doc, "kernels=3")
     doc = json.loads(json.dumps(ISSUE_EXAMPLE))
     doc["layers"][1]["name"] = doc["layers"][0]["name"]
-    bad(tmp_path, doc, "appears twice")
+    bad(tmp_path, doc, "appears more than once")
     bad(tmp_path, ISSUE_EXAMPLE, "does not price", budgets=("energy=frac:0.5",))
 
 
