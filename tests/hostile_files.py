@@ -80,6 +80,7 @@ def make_base(directory: Path, main) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     problem = small_problem()
     write_problem(problem, directory / "prob.json")
+    write_problem(problem, directory / "prob.npz")
     assert main(["search", "--problem", str(directory / "prob.json"), "--searcher", "uniform",
                  "--budget", "size=4bit", "--out", str(directory / "p.json")]) == 0
     (directory / "suite.toml").write_text(SUITE)

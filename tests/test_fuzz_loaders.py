@@ -35,7 +35,7 @@ from bitsearch.errors import UserInputError
 from bitsearch.policy import Policy, validate_policy
 from bitsearch.problem import Problem
 from bitsearch.space import parse_bits
-from bitsearch.tabular import problem_from_dict, problem_to_dict
+from bitsearch.tabular import _npz_arrays, _problem, problem_from_dict, problem_to_dict, write_problem
 
 import hostile_files as hf
 from helpers import small_problem, small_space, synthetic_sensitivity
@@ -175,6 +175,21 @@ LATENCY_DOC = hf.latency_json(LATENCY_ROWS)
 SENSITIVITY = synthetic_sensitivity(SPACE)
 
 
+def _npz_document() -> dict:
+    """The small problem (with a latency cost and a tie) in the columnar form, as arrays."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "p.npz"
+        write_problem(problem_from_dict(PROBLEM_DOC), path)
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+
+
+NPZ_DOC = _npz_document()
+
+
 # --- the checks, one per loader -----------------------------------------------------------------
 def check_policy(text):
     policy = clean(Policy.from_json, text, source="p.json")
@@ -193,6 +208,16 @@ def check_problem(text):
             assert math.isfinite(budget.limit) and budget.limit > 0
         table = problem.sensitivity
         for name, values in table.weight.items():
+            given = values[~np.isnan(values)]
+            assert (given >= 0).all() and np.isfinite(given).all(), name
+
+
+def check_problem_npz(data):
+    problem = clean(lambda: _problem(_npz_arrays(io.BytesIO(data), "p.npz"), ["size=4bit"], "layer", "p.npz"))
+    if problem is not None:
+        for budget in problem.budgets:
+            assert math.isfinite(budget.limit) and budget.limit > 0
+        for name, values in problem.sensitivity.weight.items():
             given = values[~np.isnan(values)]
             assert (given >= 0).all() and np.isfinite(given).all(), name
 
@@ -266,9 +291,60 @@ WIDTH_TEXT = st.one_of(
                        st.sampled_from(["none", "float", "", " ", "x", "2-", "-", "1_6", "٣"])),
              min_size=1, max_size=5).map(",".join))
 
+NPZ_VALUES = st.one_of(
+    st.sampled_from([np.array(v) for v in (0, -1, 2 ** 62, 1.5, np.nan, np.inf, -np.inf, "", "x", b"\xff", True)]),
+    st.sampled_from([np.zeros((0,)), np.zeros((0, 4)), np.zeros((3, 0)), np.full((3, 4), np.nan), -np.ones((3, 4)),
+                     np.ones((2, 2, 2)), np.array(["a", "a", "a"]), np.array([b"\xff\xfe"] * 3),
+                     np.array([2, 3, 3, 8]), np.array([1, 99, 4, 8]), np.array([4.5, 8.0]), np.array([[1, 2]]),
+                     np.array(["{", "}"]), np.array('{"tied": [["nope"]]}'), np.array('{"schema": 3}'),
+                     np.array('[1, 2]'), np.array("{}"), np.array([0, 0, 5]), np.array([2, 1, 0]),
+                     np.ones(3, dtype=np.complex64), np.ones(3, dtype="datetime64[s]"), np.ones(3, dtype=np.float16)]),
+    st.builds(lambda shape, value: np.full(shape, value), st.lists(st.integers(0, 4), max_size=3).map(tuple),
+              st.one_of(st.integers(-2 ** 63, 2 ** 63 - 1), st.floats(allow_nan=True, allow_infinity=True),
+                        st.text(max_size=4))))
+
+
+@st.composite
+def npz_archives(draw):
+    """The valid problem's arrays with one to three replaced, removed, added, reshaped or
+    retyped, written as an ``.npz`` archive (plain or compressed); or bytes spliced into one."""
+    arrays = dict(NPZ_DOC)
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(sorted(arrays) + ["cost.size", "cost.", "extra", "layer", "kernels"]))
+        op = draw(st.sampled_from(["replace", "delete", "reshape", "retype", "poke"]))
+        if op == "delete":
+            arrays.pop(name, None)
+        elif op == "replace" or name not in arrays:
+            arrays[name] = draw(NPZ_VALUES)
+        elif op == "reshape":
+            arrays[name] = arrays[name].reshape(-1) if draw(st.booleans()) else arrays[name][..., None]
+        elif op == "retype":
+            try:
+                arrays[name] = arrays[name].astype(draw(st.sampled_from(["f8", "i1", "u8", "U3", "S2", "?", "f2"])))
+            except (ValueError, TypeError, OverflowError, UnicodeEncodeError):
+                pass
+        elif arrays[name].size:
+            value = arrays[name].copy()
+            flat = value.reshape(-1)
+            try:
+                flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from(
+                    [np.nan, np.inf, -1, 0, 2 ** 31, 1e308, "x", ""]))
+            except (ValueError, TypeError, OverflowError):
+                pass
+            arrays[name] = value
+    buffer = io.BytesIO()
+    (np.savez_compressed if draw(st.booleans()) else np.savez)(buffer, **arrays)
+    data = buffer.getvalue()
+    if draw(st.integers(0, 9)) == 0:  # a damaged archive
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.binary(max_size=8)) + data[at + draw(st.integers(0, 64)):]
+    return data
+
+
 LOADERS = {
     "policy": (check_policy, documents(POLICY_DOC)),
     "problem-json": (check_problem, documents(PROBLEM_DOC)),
+    "problem-npz": (check_problem_npz, st.one_of(st.binary(max_size=64), npz_archives(), npz_archives())),
     "latency-csv": (check_latency_csv, st.one_of(st.text(max_size=60), CSV_ROWS.map(_latency_csv_text),
                                                  spliced(hf.latency_csv(LATENCY_ROWS)))),
     "latency-json": (check_latency_json, documents(LATENCY_DOC)),
@@ -352,6 +428,8 @@ CLI = {
     "policy": (["export", "{x}", "--to", "csv"], "in.json", documents(POLICY_DOC)),
     "problem": (["search", "--problem", "{x}", "--searcher", "uniform", "--budget", "size=4bit"], "in.json",
                 documents(PROBLEM_DOC)),
+    "problem-npz": (["search", "--problem", "{x}", "--searcher", "uniform", "--budget", "size=4bit"], "in.npz",
+                    st.one_of(st.binary(max_size=64), npz_archives())),
     "suite": (["bench", "{x}", "--out", "{o}/bench", "--no-plots"], "in.toml", _suite_strategy()),
     "hawq": (["import", "{x}", "--from", "hawq"], "in.py", st.one_of(documents(hf.HAWQ), spliced(hf.HAWQ_PY))),
     "nncf": (["import", "{x}", "--from", "nncf"], "in.json", documents(hf.NNCF)),
@@ -368,12 +446,14 @@ def test_command_ends_in_0_or_one_line_2_and_writes_nothing(command, suite_folde
         folder = tmp_path / "w"
         if not folder.exists():
             shutil.copytree(suite_folder, folder)
-        if name is not None:
+        if isinstance(text, bytes):
+            (folder / name).write_bytes(text)
+        elif name is not None:
             (folder / name).write_text(text, encoding="utf-8", errors="surrogatepass")
         before = hf.snapshot(folder)
         elsewhere = tmp_path / "out"  # a bench that runs writes here, outside the folder watched
         args = [a.replace("{x}", str(folder / (name or ""))).replace("{d}", str(folder)).replace("{o}", str(elsewhere))
-                .replace("{t}", text) for a in argv]
+                .replace("{t}", text if isinstance(text, str) else "") for a in argv]
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:

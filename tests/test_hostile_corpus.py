@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
 from bitsearch.cli import main
@@ -105,6 +106,7 @@ LOADERS = {
     "policy-finetune": (["finetune", "{x}", "--task", "semicircles-mlp", "--out", "{d}/m.pt"],
                         "BITSEARCH_MAX_POLICY_MB", "p.json"),
     "problem": (SEARCH + ["--problem", "{x}"], "BITSEARCH_MAX_PROBLEM_MB", "prob.json"),
+    "problem-npz": (SEARCH + ["--problem", "{x}"], "BITSEARCH_MAX_PROBLEM_MB", "prob.npz"),
     "suite": (["bench", "{x}", "--out", "{d}/bench-out"], "BITSEARCH_MAX_SUITE_MB", "suite.toml"),
     "latency-csv": (LATENCY_SEARCH + ["--latency-table", "{x}"], "BITSEARCH_MAX_LATENCY_MB", "latency.csv"),
     "hawq": (["import", "{x}", "--from", "hawq"], "BITSEARCH_MAX_IMPORT_MB", "hawq.json"),
@@ -113,13 +115,14 @@ LOADERS = {
               None),
 }
 _TEXT_ONLY = {"not-utf8", "deep-array", "deep-object"}  # a model file is binary: these say nothing there
+_NAMES = {"suite": "input.toml", "latency-csv": "input.csv", "problem-npz": "input.npz"}
 for loader, (argv, variable, valid) in LOADERS.items():
     for kind, (setup, needle) in INPUT_KINDS.items():
-        if loader == "model" and kind in _TEXT_ONLY:
+        if loader in ("model", "problem-npz") and kind in _TEXT_ONLY:
             continue
         if loader == "suite" and kind in ("deep-object", "binary"):
             continue  # the suite parser reads TOML: the TOML cases below cover it
-        name = "input.toml" if loader == "suite" else "input.csv" if loader == "latency-csv" else "input"
+        name = _NAMES.get(loader, "input")
         argv_here = [a.replace("{x}", "{d}/" + name) for a in argv]
 
         def wrapped(d, base, setup=setup, name=name):
@@ -277,7 +280,7 @@ PROBLEM_CASES = {
     "per-kernel-lists-of-two-lengths": (_set_sens(1, "2", [0.1] * 11), "different lengths"),
     "per-kernel-list-for-other-kernel-count": (lambda doc: [_layer(doc)["sensitivity"].__setitem__(k, [0.1] * 3)
                                                             for k in list(_layer(doc)["sensitivity"])], "kernels"),
-    "duplicate-layer": (lambda doc: doc["layers"].append(json.loads(json.dumps(doc["layers"][0]))), "twice"),
+    "duplicate-layer": (lambda doc: doc["layers"].append(json.loads(json.dumps(doc["layers"][0]))), "more than once"),
     "tied-unknown-layer": (lambda doc: doc.__setitem__("tied", [["stem", "nowhere"]]), "unknown layers"),
     "pinned-unknown-layer": (lambda doc: doc.__setitem__("pinned", {"nowhere": {"weight_bits": 8}}), "nowhere"),
     "cost-negative": (_set_costs(-1.0, index=2), "negative"),
@@ -315,6 +318,71 @@ for name, (mutate, needle) in PROBLEM_CASES.items():
             sens = doc["layers"][0]["sensitivity"]
             sens["2"] = sens["2"][1:]
     case(f"problem-{name}", PROBLEM_SEARCH, _problem(mutate or (lambda doc: None), raw=raw), needle=needle)
+
+
+# --- columnar (.npz) problem contents ------------------------------------------------------------
+def _npz(edit, name="bad.npz", compressed=False):
+    """The valid prob.npz with its arrays changed by ``edit(arrays)`` (or replaced by what it returns)."""
+    def setup(d, base):
+        with np.load(d / "prob.npz", allow_pickle=False) as archive:
+            arrays = {n: archive[n] for n in archive.files}
+        arrays = edit(arrays) or arrays
+        with open(d / name, "wb") as handle:
+            (np.savez_compressed if compressed else np.savez)(handle, **arrays)
+    return setup
+
+
+def _npz_set(name, value):
+    return lambda arrays: arrays.__setitem__(name, value)
+
+
+def _npz_poke(name, value, index=0):
+    def edit(arrays):
+        changed = np.array(arrays[name], dtype=float, order="C")  # a C-ordered copy: reshape is a view
+        changed.reshape(-1)[index] = value
+        arrays[name] = changed
+    return edit
+
+
+NPZ_CASES = {
+    "pickled-object-array": (lambda a: a.__setitem__("name", a["name"].astype(object)), "not a readable .npz"),
+    "sensitivity-nan": (_npz_poke("sensitivity", np.nan), "finite"),
+    "sensitivity-inf": (_npz_poke("sensitivity", np.inf), "finite"),
+    "sensitivity-negative": (_npz_poke("sensitivity", -1.0), "negative"),
+    "sensitivity-1-d": (lambda a: a.__setitem__("sensitivity", a["sensitivity"].reshape(-1)), "2-D"),
+    "sensitivity-wrong-columns": (lambda a: a.__setitem__("sensitivity", a["sensitivity"][:, :-1]), "columns"),
+    "sensitivity-strings": (lambda a: a.__setitem__("sensitivity", a["sensitivity"].astype(str)), "numbers"),
+    "params-float": (lambda a: a.__setitem__("params", a["params"].astype(float) + 0.5), "integers"),
+    "params-short": (lambda a: a.__setitem__("params", a["params"][:-1]), "entries"),
+    "names-repeat": (lambda a: a.__setitem__("name", np.array([a["name"][0]] * len(a["name"]))), "appears more than once"),
+    "missing-sensitivity": (lambda a: a.__delitem__("sensitivity"), "missing arrays"),
+    "unknown-array": (_npz_set("extra", np.zeros(3)), "unknown arrays"),
+    "weight-bits-float": (lambda a: a.__setitem__("weight_bits", a["weight_bits"].astype(float)), "weight_bits"),
+    "weight-bits-99": (lambda a: a.__setitem__("weight_bits", np.array([2, 4, 8, 99])[:len(a["weight_bits"])]),
+                       "weight_bits"),
+    "header-not-json": (_npz_set("header", np.array("{not json")), "array 'header': not valid JSON"),
+    "header-not-utf8": (_npz_set("header", np.array(b'{"note": "\xff\xfe"}')), "array 'header'"),
+    "header-unknown-field": (_npz_set("header", np.array('{"surprise": 1}')), "unknown fields"),
+    "header-deep": (_npz_set("header", np.array("[" * 100_000 + "]" * 100_000)), "levels"),
+    "header-wrong-schema": (_npz_set("header", np.array('{"schema": "bitsearch-policy"}')), "schema"),
+    "layer-out-of-range": (lambda a: a.__setitem__("layer", np.arange(len(a["sensitivity"])) + 50), "layer"),
+    "a-single-array": (None, "not a readable .npz archive"),
+}
+
+
+def _single_array(d, base):
+    with np.load(d / "prob.npz", allow_pickle=False) as archive:
+        sens = archive["sensitivity"]
+    np.save(d / "bad.npy", sens)
+    os.replace(d / "bad.npy", d / "bad.npz")  # one array where the archive belongs
+
+
+for name, (edit, needle) in NPZ_CASES.items():
+    setup = _single_array if edit is None else _npz(edit)
+    case(f"problem-npz-{name}", SEARCH + ["--problem", "{d}/bad.npz"], setup, needle=needle)
+case("problem-npz-zip-bomb", SEARCH + ["--problem", "{d}/bad.npz"],
+     _npz(lambda a: a.__setitem__("extra_zeros", np.zeros(2 ** 24)), compressed=True),
+     env={"BITSEARCH_MAX_PROBLEM_MB": "8"}, needle="unpacks to")
 
 
 # --- latency table contents --------------------------------------------------------------------
@@ -483,7 +551,7 @@ def test_the_corpus_is_large_and_covers_every_class():
     assert len(CASES) >= 120, len(CASES)
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)), "case ids repeat"
-    for prefix in ("policy-", "problem-", "suite-", "latency-", "hawq-", "nncf-", "model-", "budget-",
+    for prefix in ("policy-", "problem-", "problem-npz-", "suite-", "latency-", "hawq-", "nncf-", "model-", "budget-",
                    "weight-bits-", "search-out-", "export-out-", "import-out-", "bench-out-", "finetune-",
                    "inspect-write-problem-", "latency-template-"):
         assert any(i.startswith(prefix) for i in ids), prefix
