@@ -145,3 +145,32 @@ class Encoding:
         act_index = self.n_act_choices - 1 if act_index is None else act_index
         return (np.full(self.n_weight_units, weight_index, dtype=np.int64),
                 np.full(self.n_act_units, act_index, dtype=np.int64))
+
+
+def sample_within_budget(problem, encoding: Encoding, rng: np.random.Generator, max_rounds: int = 10_000) -> Policy:
+    """A random policy that keeps every budget of ``problem`` (the ``random`` searcher's
+    draw, and the proxy validation's in large spaces).
+
+    Widths are drawn uniformly per unit; while a budget is exceeded, a random tenth of
+    the units that can still be narrowed lose one width step (activations too).  The
+    loop ends at the latest at the all-narrowest policy, which keeps every budget when
+    the problem is feasible.
+    """
+    from .errors import InfeasibleBudgetError
+
+    weights = rng.integers(0, encoding.n_weight_choices, encoding.n_weight_units)
+    acts = rng.integers(0, encoding.n_act_choices, encoding.n_act_units)
+    for _ in range(max_rounds):
+        policy = encoding.decode(weights, acts)
+        if problem.fits(policy):
+            return policy
+        reducible = np.concatenate([np.flatnonzero(weights > 0), encoding.n_weight_units + np.flatnonzero(acts > 0)])
+        if reducible.size == 0:
+            break
+        pick = rng.choice(reducible, size=max(1, reducible.size // 10), replace=False)
+        w_pick = pick[pick < encoding.n_weight_units]
+        a_pick = pick[pick >= encoding.n_weight_units] - encoding.n_weight_units
+        weights[w_pick] -= 1
+        acts[a_pick] -= 1
+    raise InfeasibleBudgetError("random sampling found no policy within the budgets "
+                                "(even the narrowest policy is over a budget)")

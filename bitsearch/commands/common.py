@@ -116,14 +116,22 @@ def add_space_options(parser) -> None:
                    help="build the task's model at this width multiplier (default 1.0)")
 
 
-def _scale_group(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive group size (e.g. 32, 64, 128)")
-    return value
+def whole_number_arg(minimum: int, message: str):
+    """An argparse type: a whole number of at least ``minimum``, else ``message``
+    (``{text!r}`` in it: what was given)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(message.format(text=text))
+        return value
+
+    return parse
+
+
+_scale_group = whole_number_arg(1, "{text!r} is not a positive group size (e.g. 32, 64, 128)")
 
 
 def parse_pins(pairs) -> tuple[tuple[str, object], ...]:

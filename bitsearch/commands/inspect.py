@@ -3,17 +3,40 @@ policies cost; ``--write-problem FILE`` also writes its tabular problem file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
-from .common import TASK_HELP, add_model_options, add_space_options, check_outputs, model_source, source_width, \
-    space_options
+from .common import TASK_HELP, add_model_options, add_space_options, check_outputs, model_source, seed_arg, \
+    source_width, space_options, whole_number_arg
+
+
+EPILOG = """\
+proxy validation (--validate N): draws N policies within the --budget(s) (seeded by --seed; in a space of
+at most 20,000 policies uniformly among every policy within the budgets, else the random searcher's
+sampler), measures each as the evaluator scores it -- its loss change on the sensitivity samples (512
+training samples, the ones every table is estimated on) and the metric --, and prints for each
+sensitivity method (hessian, bitgrad, empirical, pairwise; --methods to choose) the Spearman and Kendall
+rank correlation of its predicted loss change with the measured one and with the metric, with a warning
+where Spearman is below 0.7 (a searcher planning on that table may miss the best policy).  Tables come
+from the on-disk cache when they were estimated before.  See docs/crosslayer.md.
+
+examples:
+  bitsearch inspect --task mnist1d-cnn
+  bitsearch inspect --task mnist1d-cnn --weight-bits 2,3,4,8 --validate 100 --budget size=3bit
+  bitsearch inspect --task digits-cnn --weight-bits 2,3,4,8 --act-bits none --validate 50 --budget size=4bit \\
+      --methods hessian,pairwise --json
+  bitsearch inspect --task mnist1d-cnn --write-problem p.json --sensitivity pairwise
+"""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("inspect", help="layers, params, MACs and the cost of uniform policies",
+    p = subparsers.add_parser("inspect", help="layers, params, MACs and the cost of uniform policies; "
+                                              "--validate N: how well each sensitivity method ranks policies",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
                               description="Show the quantizable layers of a task's model, their params and MACs, "
-                                          "tied groups, and what uniform policies cost.")
+                                          "tied groups, and what uniform policies cost; with --validate N, check "
+                                          "every sensitivity method against measured losses.", epilog=EPILOG)
     p.add_argument("--task", required=True, help=TASK_HELP)
     add_model_options(p)
     add_space_options(p)
@@ -21,6 +44,16 @@ def register(subparsers) -> None:
     p.add_argument("--write-problem", metavar="FILE", help="also write a tabular problem file (needs --sensitivity)")
     p.add_argument("--sensitivity", metavar="METHOD", help="sensitivity estimate for --write-problem "
                                                            "(hessian, bitgrad, empirical, pairwise)")
+    v = p.add_argument_group("proxy validation")
+    policies = whole_number_arg(3, "--validate takes a number of policies, 3 or more (got {text!r})")
+    v.add_argument("--validate", type=policies, default=None, metavar="N",
+                   help="measure N policies within the budgets and rank-correlate every sensitivity method's "
+                        "predicted loss change with the measured one (see below)")
+    v.add_argument("--budget", action="append", default=[], metavar="COST=VALUE",
+                   help="a budget the validation's policies keep (repeat for several; none: the whole space)")
+    v.add_argument("--methods", metavar="LIST", help="the sensitivity methods to check, comma-separated "
+                                                     "(default: hessian,bitgrad,empirical,pairwise)")
+    v.add_argument("--seed", type=seed_arg, default=None, help="seed of the policies drawn (default 0)")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -32,10 +65,25 @@ def cmd_inspect(args) -> int:
     from ..policy import Policy
 
     check_outputs(("--write-problem", args.write_problem))
-    if args.data and not args.write_problem:
+    validating = args.validate is not None
+    if args.data and not (args.write_problem or validating):
         raise UserInputError("inspect shows the architecture and its costs: --data is read only with --write-problem "
-                             "(for the sensitivities); give it to search or eval")
-    task = model_source(args, scoring=bool(args.write_problem))
+                             "or --validate (for the sensitivities); give it to search or eval")
+    if not validating:
+        given = [flag for flag, value in (("--budget", args.budget), ("--methods", args.methods),
+                                                  ("--seed", args.seed is not None)) if value]
+        if given:
+            raise UserInputError(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with --validate N "
+                                 f"(the proxy validation); without it inspect shows the architecture and its costs")
+    methods = None
+    if validating:
+        from ..budget import parse_budget
+        from ..validation import methods_arg
+
+        for text in args.budget:  # fail on a bad budget before any model is loaded
+            parse_budget(text)
+        methods = methods_arg(args.methods)
+    task = model_source(args, scoring=bool(args.write_problem or validating))
     options = space_options(args, task)
     if isinstance(task, TrainedModel):
         if source_width(task, args) != 1.0:
@@ -64,7 +112,10 @@ def cmd_inspect(args) -> int:
     }
     if args.write_problem:
         _write_problem(space, task, args)
+    validation = _validate(task, options, args, methods) if validating else None
     if args.json:
+        if validation is not None:
+            summary["validation"] = validation
         print(json.dumps(summary, indent=2))
         return 0
     if isinstance(task, TrainedModel) and task.description:
@@ -104,7 +155,42 @@ def cmd_inspect(args) -> int:
     print(f"{'bits':>8}  " + "  ".join(f"{n:>14}" for n in models))
     for w, costs in uniform.items():
         print(f"{w!s:>8}  " + "  ".join(f"{format_cost(costs[n], models[n].unit):>14}" for n in models))
+    if validation is not None:
+        from ..validation import render_validation
+
+        print()
+        budgets = ", ".join(validation["budgets"]) or "none (the whole space)"
+        print(f"budgets: {budgets}")
+        for line in render_validation(validation, markdown=False):
+            print(line)
     return 0
+
+
+def _validate(task, options, args, methods) -> dict:
+    """The proxy validation of ``--validate N`` (see :mod:`bitsearch.validation`)."""
+    from ..build import ProblemOptions, problem_for
+    from ..progress import Bar, progress_enabled
+    from ..validation import validate
+
+    problem = problem_for(task, options, ProblemOptions(budgets=tuple(args.budget),
+                                                        width_mult=source_width(task, args)),
+                          progress=progress_enabled())
+    bars: dict[str, Bar] = {}
+
+    def progress(step, done, total, detail=""):
+        bar = bars.get(step)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[step] = Bar(f"validation: {step}", total)
+        bar.set(done, total=total, postfix=detail or None)
+
+    try:
+        return validate(problem, args.validate, seed=args.seed or 0, methods=methods, width_mult=source_width(task, args),
+                        progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 def _write_problem(space, task, args) -> None:
