@@ -173,3 +173,25 @@ def test_bench_table_and_report_forms(tmp_path, capsys):
         _, err = capsys.readouterr()
         assert_one_line_error(code, err, needle)
 
+
+
+def test_forward_passes_get_a_column_only_where_a_run_reports_them(tmp_path):
+    from bitsearch.bench.report import render_report, summarize
+
+    out = tmp_path / "out"
+    run_bench(synthetic_suite(tmp_path, samples=2), out, progress=False, plots=False)
+    results = json.loads((out / "results.json").read_text())
+    assert "forward passes" not in render_report(results)
+    suite = load_suite(tmp_path / "suite.toml")
+    runs = results["runs"]
+    for run in runs:
+        if run["label"] == "uniform":
+            run["forward_passes"] = 1234
+    results["summary"] = summarize(suite, runs)
+    report = render_report(results)
+    header = next(line for line in report.splitlines() if line.startswith("| searcher |"))
+    assert "| forward passes |" in header
+    uniform = next(line for line in report.splitlines() if line.startswith("| `uniform` |"))
+    random_row = next(line for line in report.splitlines() if line.startswith("| `random` |"))
+    assert "| 1,234 |" in uniform and "| – |" in random_row
+    assert uniform.count("|") == random_row.count("|") == header.count("|")

@@ -282,6 +282,9 @@ def _outcome(problem, result, axis: str | None) -> dict:
             best = value
             progress.append([ev.index + 1, float(value)])
     out["progress"] = progress
+    passes = (result.info or {}).get("forward_passes")
+    if isinstance(passes, (int, float)) and not isinstance(passes, bool):
+        out["forward_passes"] = int(passes)  # iqp: its table's and its trust region's, beside evaluations
     curve = (result.info or {}).get("learning_curve")
     if curve:
         out["learning_curve"] = [dict(step) for step in curve]

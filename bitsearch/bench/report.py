@@ -98,6 +98,9 @@ def summarize(suite: Suite, runs: Sequence[dict]) -> list[dict]:
             row["setup_seconds_max"] = max(r.get("setup_seconds", 0.0) for r in ok)
             row["evaluations_mean"] = _mean([r["evaluations"] for r in ok])
             row["fresh_evaluations_mean"] = _mean([r.get("fresh_evaluations", 0) for r in ok])
+            passes = [r["forward_passes"] for r in ok if r.get("forward_passes") is not None]
+            if passes:
+                row["forward_passes_mean"] = _mean(passes)
             row["budget_kept"] = all(r.get("budget_kept") for r in ok)
             row["budget_kept_runs"] = sum(bool(r.get("budget_kept")) for r in ok)
             best = max(ok, key=lambda r: (r.get("metric") if r.get("metric") is not None else -math.inf)
@@ -175,6 +178,7 @@ def render_report(results: Mapping[str, Any]) -> str:
     kinds = [r.get("metric_kind") for r in rows if r.get("metric_kind")]
     usual = max(set(kinds), key=kinds.count) if kinds else None
     marked = sorted({(r["label"], r["metric_kind"]) for r in rows if r.get("metric_kind") not in (None, usual)})
+    passes = any("forward_passes_mean" in r for r in rows)
     current = None
     for row in rows:
         if (row["variant"], row["budget"]) != current:
@@ -189,10 +193,11 @@ def render_report(results: Mapping[str, Any]) -> str:
                           if (r["variant"], r["budget"]) == current and r.get("objective")), False)
             lines += ["", f"## {title}", "",
                       f"| searcher | runs | {objective}{' (lower is better)' if lower else ''} mean ± std | min – max | regret to oracle | {axis} | "
-                      f"of budget | search s | evaluations (fresh) | budget kept | best policy |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines.append(_report_row(row, marked={label for label, _ in marked}))
-    lines += ["", " ".join(REPORT_NOTES), ""]
+                      f"of budget | search s | evaluations (fresh) | "
+                      + ("forward passes | " if passes else "") + "budget kept | best policy |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if passes else "")]
+        lines.append(_report_row(row, marked={label for label, _ in marked}, passes=passes))
+    lines += ["", " ".join(REPORT_NOTES + (PASSES_NOTE if passes else ())), ""]
     for label, kind in marked:
         lines += [f"† `{label}` reports its metric as `{kind}` (its own training, e.g. the fine-tuned weights "
                   f"it returns), not as `{usual}` like the others.", ""]
@@ -222,12 +227,19 @@ REPORT_NOTES = (
 )
 
 
-def _report_row(row, marked=frozenset()) -> str:
+PASSES_NOTE = (
+    "Forward passes (iqp): passes of the model over the sensitivity samples (512 training samples by",
+    "default) that its pairwise table and its trust region spent, each far cheaper than an evaluation",
+    "(calibration and the whole test split); the exhaustive oracle's evaluations are beside them.",
+)
+
+
+def _report_row(row, marked=frozenset(), passes: bool = False) -> str:
     label = f"`{row['label']}`" + (" (oracle)" if row.get("oracle") else "") + (" †" if row["label"] in marked else "")
     if not row["ok"]:
         why = row.get("message") or ("not run yet" if row.get("missing") else "")
         status = "skipped" if row["skipped"] else ("failed" if row["failed"] else "missing")
-        return f"| {label} | 0 of {row['planned']} ({status}) | {_md(why)} | | | | | | | | |"
+        return f"| {label} | 0 of {row['planned']} ({status}) | {_md(why)} | | | | | | | | |" + (" |" if passes else "")
     objective = row.get("objective")
     runs = f"{row['ok']}" + (" (deterministic)" if row["deterministic"] else "") + (
         f" of {row['planned']}" if row["ok"] != row["planned"] else "")
@@ -245,8 +257,11 @@ def _report_row(row, marked=frozenset()) -> str:
     seconds = f"{row['seconds_mean']:.2f}"
     if row.get("setup_seconds_max", 0.0) >= 0.5:
         seconds += f" (+{row['setup_seconds_max']:.0f})"
+    fwd = ""
+    if passes:
+        fwd = (f"{row['forward_passes_mean']:,.0f}" if row.get("forward_passes_mean") is not None else "–") + " | "
     return (f"| {label} | {runs} | {mean} | {spread} | {regret} | {cost} | {share} | "
-            f"{seconds} | {evals} | {kept} | {row.get('best_policy', '')} |")
+            f"{seconds} | {evals} | {fwd}{kept} | {row.get('best_policy', '')} |")
 
 
 _COST_SCALES = {  # the steps of budget.format_cost, largest first: (suffix, unit per suffix)
