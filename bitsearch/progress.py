@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["progress_enabled", "Bar", "SearchProgress", "limit_threads", "cap_threads", "available_cores",
+__all__ = ["progress_enabled", "Bar", "SearchProgress", "StepBars", "limit_threads", "cap_threads",
+           "available_cores",
            "THREAD_VARIABLES"]
 
 # what the BLAS / OpenMP runtimes read at start-up (set before torch or numpy start their pools)
@@ -115,6 +116,34 @@ class SearchProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class StepBars:
+    """One bar per named step of a longer job: call it as ``progress(step, done, total,
+    detail)`` (what :func:`bitsearch.validation.validate` takes); a new step closes the
+    bar of the one before.  ``prefix`` starts every bar's description."""
+
+    def __init__(self, prefix: str, enabled: bool | None = None):
+        self.prefix = prefix
+        self.enabled = enabled
+        self._bars: dict[str, Bar] = {}
+
+    def __call__(self, step: str, done: int, total: int, detail: str = "") -> None:
+        bar = self._bars.get(step)
+        if bar is None:
+            self.close()
+            bar = self._bars[step] = Bar(f"{self.prefix}{step}", total, enabled=self.enabled)
+        bar.set(done, total=total, postfix=detail or None)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+    def __enter__(self) -> "StepBars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def available_cores() -> int:

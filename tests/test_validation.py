@@ -164,3 +164,80 @@ def test_inspect_validate_json_and_text(capsys, one_thread):
 def test_inspect_validate_bad_input(capsys, argv, needle):
     code, _, err = run(capsys, "inspect", "--task", TASK, *argv)
     one_line(code, err, needle)
+
+
+# --- in a bench ---------------------------------------------------------------------------------
+BENCH_SUITE = """\
+name = "validated"
+task = "semicircles-mlp"
+seeds = [0, 1, 2]
+budgets = ["size=4bit", ["size=5bit", "bops=5bit"]]
+validate = 6
+
+[space]
+weight_bits = [2, 3, 8]
+act_bits = 8
+
+[[searchers]]
+name = "uniform"
+
+[[searchers]]
+name = "random"
+settings = { samples = 2 }
+"""
+
+
+def test_a_bench_with_validate_reports_it_after_each_budgets_table(tmp_path, one_thread):
+    from bitsearch.bench import load_results, run_bench
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(BENCH_SUITE)
+    outcome = run_bench(suite, tmp_path / "out", progress=False, plots=False)
+    assert outcome.failed == 0 and outcome.validations == 2
+    results = load_results(tmp_path / "out")
+    assert results["suite"]["validate"] == 6
+    found = results["validation"]
+    assert [v["budget_label"] for v in found] == ["size=4bit", "size=5bit + bops=5bit"]
+    for record in found:
+        assert record["status"] == "ok" and record["kind"] == "validation"
+        result = record["validation"]
+        assert result["policies"] == 6 and result["budgets"] == record["budgets"] and result["seed"] == 0
+        assert set(result["methods"]) == {"hessian", "bitgrad", "empirical", "pairwise"}
+    report = (tmp_path / "out" / "report.md").read_text()
+    sections = report.split("\n## ")[1:]
+    assert [s.splitlines()[0].split(" (")[0] for s in sections] == ["size=4bit", "size=5bit + bops=5bit"]
+    for section, record in zip(sections, found):
+        table_end = section.index("| `random` |")
+        validation_at = section.index("Proxy validation (6 policies")
+        assert table_end < validation_at  # after the regret table of its budget set
+        for method, row in record["validation"]["methods"].items():
+            line = next(l for l in section.splitlines() if l.startswith(f"| `{method}` |"))
+            assert f"{row['spearman']:+.2f}" in line
+            assert (f"warning: {method} " in section) == (row["warning"] is not None)
+    assert "Proxy validation (the suite's `validate = N`)" in report
+    # resumed: nothing measured again, the same report
+    again = run_bench(suite, tmp_path / "out", resume=True, progress=False, plots=False)
+    assert again.ran == 0 and again.validations == 0
+    assert (tmp_path / "out" / "report.md").read_text() == report
+
+
+def test_a_bench_validation_without_a_model_is_skipped_with_its_reason(tmp_path):
+    from bitsearch.bench import run_bench
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text('name = "tables"\nproblem = "bench_problems:synthetic"\nseeds = [0, 1, 2]\n'
+                     'budgets = ["size=3bit"]\nvalidate = 5\n\n[[searchers]]\nname = "uniform"\n')
+    outcome = run_bench(suite, tmp_path / "out", progress=False, plots=False)
+    assert outcome.failed == 0 and outcome.validations == 1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Proxy validation: skipped: the proxy validation (it measures losses) needs a model evaluator" in report
+
+
+@pytest.mark.parametrize("value, needle", [("2", "validate = 2: the proxy validation ranks 3 or more policies"),
+                                           ('"many"', "'validate' must be a number of policies")])
+def test_a_bad_validate_key_is_one_line(tmp_path, capsys, value, needle):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(BENCH_SUITE.replace("validate = 6", f"validate = {value}"))
+    code, _, err = run(capsys, "bench", suite, "--out", tmp_path / "out")
+    one_line(code, err, needle)
+    assert not (tmp_path / "out").exists()

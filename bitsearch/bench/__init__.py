@@ -84,6 +84,7 @@ class BenchOutcome:
     failed: int
     skipped: int
     results: dict = field(default_factory=dict)
+    validations: int = 0  # proxy validations run (a suite's validate = N)
 
 
 def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
@@ -130,6 +131,7 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
             failed += record["status"] == "failed"
             if bar is not None:
                 bar.finished(record)
+        validated = run_validations(suite, journal, recorded, progress=bool(progress))
     finally:
         journal.close()
         if bar is not None:
@@ -139,7 +141,27 @@ def run_bench(suite: Suite | str | os.PathLike, out: str | os.PathLike, *, resum
         commands.append(command)
     results = render_outputs(suite, out, reported, commands, plots=plots)
     skipped = sum(1 for r in results["runs"] if r.get("status") == "skipped")
-    return BenchOutcome(out, len(runs), resumed, ran, failed, skipped, results)
+    return BenchOutcome(out, len(runs), resumed, ran, failed, skipped, results, validated)
+
+
+def run_validations(suite: Suite, journal: Journal, recorded: dict, *, progress: bool = False) -> int:
+    """The suite's proxy validations (``validate = N``) not yet in the journal, in this
+    process, each journaled when done (a failed one is tried again on ``--resume``); how
+    many ran."""
+    from ..progress import StepBars
+    from .execute import execute_validation
+    from .plan import plan_validations, problem_spec
+
+    cache = ProblemCache()
+    ran = 0
+    for validation in plan_validations(suite):
+        if (recorded.get(validation.key) or {}).get("status") in ("ok", "skipped"):
+            continue
+        spec = problem_spec(suite, suite.variants[validation.variant_index], progress)
+        with StepBars(f"validation {validation.budget_label}: ", enabled=progress) as bars:
+            journal.append(execute_validation(spec, validation, cache, progress=bars))
+        ran += 1
+    return ran
 
 
 def check_bench_dir(out: str | os.PathLike, *, plots: bool = True) -> Path:

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .. import __version__
 from ..errors import UserInputError
-from .plan import ProblemSpec, Run, Unit
+from .plan import ProblemSpec, Run, Unit, ValidationRun
 from .suite import ORACLE_SEARCHER
 
 # record fields that depend on the machine, the clock or on what the cache already
@@ -218,7 +218,8 @@ def execute_run(spec: ProblemSpec, run: Run, cache: ProblemCache, callback_facto
               "budget_label": run.budget_label, "bitsearch_version": __version__,
               "worker": f"{socket.gethostname()}:{os.getpid()}"}
     started = time.perf_counter()
-    try:
+
+    def work():
         problem = cache.problem(spec, run.budgets, run.sensitivity)
         record["setup_seconds"] = round(time.perf_counter() - started, 4)
         searcher = registry.create(run.searcher, **run.settings)
@@ -233,10 +234,38 @@ def execute_run(spec: ProblemSpec, run: Run, cache: ProblemCache, callback_facto
         record.update(_outcome(problem, result, spec.axis))
         record["fresh_evaluations"] = fresh1 - fresh0
         record["eval_seconds"] = round(eval_s1 - eval_s0, 4)
+
+    return _attempt(record, work, started)
+
+
+def execute_validation(spec: ProblemSpec, validation: ValidationRun, cache: ProblemCache, progress=None) -> dict:
+    """The proxy validation of ``spec`` under the validation's budgets (see
+    :func:`bitsearch.validation.validate`); its journal record (``kind: validation``)."""
+    record = {"key": validation.key, "kind": "validation", "variant": validation.variant,
+              "budgets": list(validation.budgets), "budget_label": validation.budget_label,
+              "policies": validation.policies, "seed": validation.seed, "bitsearch_version": __version__,
+              "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+    def work():
+        from ..validation import validate
+
+        problem = cache.problem(spec, validation.budgets)
+        record["validation"] = validate(problem, validation.policies, seed=validation.seed,
+                                        width_mult=float(spec.variant.width_mult), progress=progress)
+
+    return _attempt(record, work, time.perf_counter())
+
+
+def _attempt(record: dict, work, started: float) -> dict:
+    """``record`` after ``work()``: status ``ok``; ``skipped`` with the message for bad
+    input; ``failed`` with the message and the traceback's tail for a bug (one run's bug
+    must not take the others down); its seconds and time; JSON-safe."""
+    try:
+        work()
         record["status"] = "ok"
     except UserInputError as exc:
         record.update(status="skipped", message=str(exc))
-    except Exception as exc:  # a bug in a searcher must not take the other runs down
+    except Exception as exc:
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         record.update(status="failed", message=f"{type(exc).__name__}: {exc}", traceback="".join(tb[-6:]))
     if "seconds" not in record:

@@ -132,6 +132,41 @@ def plan_runs(suite: Suite, only: Iterable[str] | None = None, *, check: bool = 
     return runs
 
 
+@dataclass(frozen=True)
+class ValidationRun:
+    """The proxy validation of one variant under one budget set (a suite's ``validate = N``):
+    ``policies`` policies drawn with ``seed`` (the suite's first), measured, and every
+    sensitivity method's ranking of them checked (:func:`bitsearch.validation.validate`).
+    ``key`` is journaled like a run's."""
+
+    key: str
+    variant: str
+    variant_index: int
+    budgets: tuple[str, ...]
+    policies: int
+    seed: int
+
+    @property
+    def budget_label(self) -> str:
+        return budget_label(self.budgets)
+
+
+def plan_validations(suite: Suite) -> list[ValidationRun]:
+    """The proxy validations of the suite, in report order (none without ``validate``)."""
+    if not suite.validate:
+        return []
+    out = []
+    model_keys: dict[tuple, str | None] = {}
+    seed = suite.seeds[0]
+    for vi, variant in enumerate(suite.variants):
+        model = model_key(variant, model_keys)
+        for budgets in suite.budgets:
+            key = stable_key("validation", suite.validate, list(budgets), seed, variant.to_dict(),
+                             suite.scoring.key_dict(), model)
+            out.append(ValidationRun(key, variant.label, vi, tuple(budgets), suite.validate, seed))
+    return out
+
+
 def model_key(variant: Variant, known: dict | None = None) -> str | None:
     """What names the trained model a variant's runs score with: the task's weights key
     (its recipe, data, architecture...; a user's trained model: its ``cache_key``, or

@@ -30,9 +30,27 @@ def collect_results(suite: Suite, runs: Sequence[Run], records: Mapping[str, dic
             row.pop("traceback", None)
         merged.append(row)
     summary = summarize(suite, merged)
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "bitsearch_version": __version__,
-            "suite": suite.to_dict(), "commands": list(commands), "axis_cost": suite.axis_cost,
-            "runs": merged, "summary": summary}
+    results = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "bitsearch_version": __version__,
+               "suite": suite.to_dict(), "commands": list(commands), "axis_cost": suite.axis_cost,
+               "runs": merged, "summary": summary}
+    if suite.validate:
+        results["validation"] = collect_validations(suite, records)
+    return results
+
+
+def collect_validations(suite: Suite, records: Mapping[str, dict]) -> list[dict]:
+    """The suite's proxy validations with their journal records, in report order."""
+    from .plan import plan_validations
+
+    out = []
+    for validation in plan_validations(suite):
+        record = dict(records.get(validation.key) or {"status": "missing"})
+        record.update(key=validation.key, variant=validation.variant, budgets=list(validation.budgets),
+                      budget_label=validation.budget_label)
+        if record.get("status") != "failed":
+            record.pop("traceback", None)
+        out.append(record)
+    return out
 
 
 def _mean(values):
@@ -179,8 +197,9 @@ def render_report(results: Mapping[str, Any]) -> str:
     usual = max(set(kinds), key=kinds.count) if kinds else None
     marked = sorted({(r["label"], r["metric_kind"]) for r in rows if r.get("metric_kind") not in (None, usual)})
     passes = any("forward_passes_mean" in r for r in rows)
+    validations = {(v["variant"], v["budget_label"]): v for v in results.get("validation") or ()}
     current = None
-    for row in rows:
+    for index, row in enumerate(rows):
         if (row["variant"], row["budget"]) != current:
             current = (row["variant"], row["budget"])
             title = f"{row['budget']}" + (f" — {row['variant']}" if multi_variant else "")
@@ -197,7 +216,12 @@ def render_report(results: Mapping[str, Any]) -> str:
                       + ("forward passes | " if passes else "") + "budget kept | best policy |",
                       "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if passes else "")]
         lines.append(_report_row(row, marked={label for label, _ in marked}, passes=passes))
+        last_of_group = index + 1 == len(rows) or (rows[index + 1]["variant"], rows[index + 1]["budget"]) != current
+        if validations and last_of_group:
+            lines += _validation_lines(validations.get(current))
     lines += ["", " ".join(REPORT_NOTES + (PASSES_NOTE if passes else ())), ""]
+    if validations:
+        lines += [" ".join(VALIDATION_NOTES), ""]
     for label, kind in marked:
         lines += [f"† `{label}` reports its metric as `{kind}` (its own training, e.g. the fine-tuned weights "
                   f"it returns), not as `{usual}` like the others.", ""]
@@ -232,6 +256,28 @@ PASSES_NOTE = (
     "default) that its pairwise table and its trust region spent, each far cheaper than an evaluation",
     "(calibration and the whole test split); the exhaustive oracle's evaluations are beside them.",
 )
+
+
+VALIDATION_NOTES = (
+    "Proxy validation (the suite's `validate = N`): N policies drawn within the budgets (seeded by the",
+    "suite's first seed; uniformly among every policy in budget where the space has at most 20,000), each",
+    "measured as the evaluator scores it: its loss change on the sensitivity samples and its metric; per",
+    "sensitivity method, the Spearman and Kendall (tau-b) rank correlation of its predicted loss change",
+    "with the measured one, and with the metric (+1: lower predicted loss, better metric). Below a",
+    "Spearman correlation of 0.7 with the measured loss a searcher planning on that table may miss the",
+    "best policy (docs/crosslayer.md).",
+)
+
+
+def _validation_lines(record: Mapping[str, Any] | None) -> list[str]:
+    """The proxy validation under a budget's table: its own table, or why there is none."""
+    from ..validation import render_validation
+
+    if record is None or record.get("status") == "missing":
+        return ["", "Proxy validation: not run yet."]
+    if record.get("status") != "ok":
+        return ["", f"Proxy validation: {record['status']}: {_md(record.get('message', ''))}"]
+    return render_validation(record["validation"])
 
 
 def _report_row(row, marked=frozenset(), passes: bool = False) -> str:

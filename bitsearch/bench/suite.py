@@ -186,6 +186,7 @@ class Suite:
     seeds: tuple[int, ...]
     scoring: Scoring
     oracle: bool
+    validate: int = 0  # proxy validation: policies measured per variant and budget set (0: none)
 
     @property
     def directory(self) -> str:
@@ -210,7 +211,8 @@ class Suite:
                 "variants": [dict(v.to_dict(), label=v.label, description=v.describe()) for v in self.variants],
                 "budgets": [list(b) for b in self.budgets],
                 "searchers": [s.to_dict() for s in self.searchers], "seeds": list(self.seeds),
-                "scoring": asdict(self.scoring), "oracle": self.oracle}
+                "scoring": asdict(self.scoring), "oracle": self.oracle} | (
+                    {"validate": self.validate} if self.validate else {})
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -248,9 +250,12 @@ def parse_suite(data: Mapping[str, Any], path: str = "<suite>") -> Suite:
     entries = _searchers(data, path, known)
     scoring = _scoring(data.get("scoring", {}), path, directory)
     name = data.get("name", Path(path).stem)
+    validate = int(data.get("validate", 0))
+    if 0 < validate < 3:
+        raise _suite_error(path, f"validate = {validate}: the proxy validation ranks 3 or more policies (0: none)")
     suite = Suite(name, str(path), str(data.get("description", "")), _variants(data, path, directory),
                   _budgets(data["budgets"], path), entries, tuple(int(s) for s in data["seeds"]), scoring,
-                  bool(data.get("oracle", False)))
+                  bool(data.get("oracle", False)), validate)
     return _resolve_searchers(suite)
 
 

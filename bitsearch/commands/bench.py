@@ -121,6 +121,8 @@ def _run(suite_path: str, args) -> int:
         parts.append(f"{outcome.skipped} skipped (see the report)")
     if outcome.failed:
         parts.append(f"{outcome.failed} FAILED")
+    if outcome.validations:
+        parts.append(f"{outcome.validations} proxy validation(s)")
     print(f"bench {suite.name}: " + ", ".join(parts))
     print(f"wrote {outcome.out}/report.md, results.json, results.jsonl"
           + ("" if args.no_plots else ", pareto.png, curves.png"))

@@ -169,28 +169,15 @@ def cmd_inspect(args) -> int:
 def _validate(task, options, args, methods) -> dict:
     """The proxy validation of ``--validate N`` (see :mod:`bitsearch.validation`)."""
     from ..build import ProblemOptions, problem_for
-    from ..progress import Bar, progress_enabled
+    from ..progress import StepBars, progress_enabled
     from ..validation import validate
 
     problem = problem_for(task, options, ProblemOptions(budgets=tuple(args.budget),
                                                         width_mult=source_width(task, args)),
                           progress=progress_enabled())
-    bars: dict[str, Bar] = {}
-
-    def progress(step, done, total, detail=""):
-        bar = bars.get(step)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[step] = Bar(f"validation: {step}", total)
-        bar.set(done, total=total, postfix=detail or None)
-
-    try:
-        return validate(problem, args.validate, seed=args.seed or 0, methods=methods, width_mult=source_width(task, args),
-                        progress=progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
+    with StepBars("validation: ") as progress:
+        return validate(problem, args.validate, seed=args.seed or 0, methods=methods,
+                        width_mult=source_width(task, args), progress=progress)
 
 
 def _write_problem(space, task, args) -> None:
