@@ -406,6 +406,14 @@ def resolve_source(name_or_object):
     return get_source(name_or_object)
 
 
+def architecture(source, width_mult: float = 1.0):
+    """``(model, example_input)`` of a Task (built at ``width_mult``, one sample) or of a
+    TrainedModel (its own model and batch, left untouched): what discovery and tracing read."""
+    if isinstance(source, TrainedModel):
+        return source.model, source.example_input
+    return source.build_model(width_mult), source.example_input(1)
+
+
 def problem_for(source, space_options: SpaceOptions = SpaceOptions(), options: ProblemOptions = ProblemOptions(),
                 *, progress: bool = False) -> Problem:
     """The Problem of a task or a trained model, given by name or as an object."""

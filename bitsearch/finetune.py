@@ -110,11 +110,13 @@ class FinetuneResult:
 
 # --- helpers ---------------------------------------------------------------------------------
 def _space_of(task, width_mult: float):
+    """The weight space of ``task``'s model (a Task at ``width_mult``, or a TrainedModel as it is)."""
+    from .build import architecture
     from .discover import discover
 
-    model = task.build_model(width_mult)
+    model, example = architecture(task, width_mult)
     name = task.name if width_mult == 1.0 else f"{task.name}@x{width_mult:g}"
-    return discover(model, task.example_input(1), act_bits=None, model_name=name)
+    return discover(model, example, act_bits=None, model_name=name)
 
 
 def check_policy_for_task(policy: Policy, task, width_mult: float = 1.0, *, source: str | None = None) -> Policy:

@@ -448,11 +448,12 @@ def module_classes_of(model) -> dict[str, str]:
 def nncf_model_facts(task, width_mult: float = 1.0) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """What an NNCF config of ``task``'s model needs: module classes, layer kinds and the
     NNCF name of the op feeding each layer (:func:`nncf_input_producers`)."""
+    from .build import architecture
     from .quant.modules import layer_kind
 
-    model = task.build_model(width_mult)
+    model, example = architecture(task, width_mult)
     kinds = {n: layer_kind(m) for n, m in model.named_modules() if layer_kind(m) is not None}
-    return module_classes_of(model), kinds, nncf_input_producers(model, task.example_input(1))
+    return module_classes_of(model), kinds, nncf_input_producers(model, example)
 
 
 def _classes_for_policy(policy: Policy) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:

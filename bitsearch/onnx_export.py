@@ -294,11 +294,14 @@ def quantized_model_for_task(task, policy, *, model_path: str | os.PathLike | No
     eval``).  With it: the fine-tuned model of ``bitsearch finetune`` (its learned steps and
     clips), which must have been made at the same widths."""
     from ._io import file_digest
+    from .build import TrainedModel
     from .errors import PolicyError, TaskError
     from .evaluate import Evaluator
     from .finetune import check_policy_for_task, load_finetuned, read_saved, saved_policy
     from .tasks import evaluate_model
 
+    if isinstance(task, TrainedModel):
+        return _quantized_trained_model(task, policy, model_path=model_path, source=source)
     if task.shape_only:
         raise TaskError(f"task {task.name!r} is shape-only (no data, no trained weights): there is nothing to "
                         "calibrate or score; export a task with data")
@@ -329,6 +332,46 @@ def quantized_model_for_task(task, policy, *, model_path: str | os.PathLike | No
                 "fake_quant_metrics": {"top1": own["top1"], "loss": own["loss"], "metric_kind": kind,
                                        "split": "test", "samples": len(data_split.y_test)}}
     return qmodel.eval(), metadata
+
+
+def _quantized_trained_model(trained, policy, *, model_path, source):
+    """:func:`quantized_model_for_task` for a user's trained model: post-training, calibrated
+    on its calibration batches, scored by its own ``evaluate`` (when it has one)."""
+    from .errors import TaskError
+    from .finetune import check_policy_for_task
+
+    if model_path is not None:
+        raise TaskError(f"--model is a checkpoint of 'bitsearch finetune', which fine-tunes tasks; {trained.name!r} "
+                        "is a trained model: export it post-training (fine-tune it in Python with its "
+                        "train_loader, then export the model you get)")
+    if trained.calibration is None:
+        raise TaskError(f"{trained.name!r} has no calibration data: the activation ranges of the export are "
+                        "calibrated on it (give calibration=, or --data for a task's architecture)")
+    policy = check_policy_for_task(policy, trained, source=source)
+    evaluator = trained.evaluator()
+    qmodel = evaluator.quantized_model(policy)
+    metrics = evaluator.score_model(qmodel) if trained.evaluate is not None else {}
+    metadata = {"task": trained.name, "model": dict(policy.meta["model"], width_mult=1.0),
+                "policy": json.loads(policy.to_json()),
+                "quantizers": f"post-training: weights max-based per kernel, activation ranges calibrated on the "
+                              f"calibration batches of {trained.name}",
+                "fake_quant_metrics": dict(metrics, metric_kind="ptq", metric=trained.metric,
+                                           split="the model's evaluate")}
+    return qmodel.eval(), metadata
+
+
+def runtime_module(sess):
+    """An onnxruntime session as a ``torch.nn.Module`` (float32 input in, the output tensor
+    out, no parameters): what a user's ``evaluate(model)`` can score like any model."""
+    import numpy as np
+    import torch
+
+    class OnnxRuntimeModel(torch.nn.Module):
+        def forward(self, x):
+            array = x.detach().cpu().numpy().astype(np.float32, copy=False)
+            return torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+
+    return OnnxRuntimeModel().eval()
 
 
 def check_onnx_for_task(meta: Mapping[str, str], task, path) -> dict:

@@ -126,3 +126,12 @@ def wrong_metric():
 def barnet_loss():
     """The trained BarNet scored by its test cross-entropy, lower is better."""
     return barnet_trained(metric="loss", higher_is_better=False)
+
+
+def resnet18_shapes() -> Task:
+    """A user's own ResNet-18 on 3 classes (torchvision's architecture), shape only: HAWQ-V3 names
+    its layers, so its policies export to and import from HAWQ's bit_config."""
+    from torchvision.models import resnet18
+
+    return Task("my-resnet18", model_factory=lambda width_mult: resnet18(num_classes=3), input_shape=(3, 32, 32),
+                description="torchvision's ResNet-18, 3 classes, shape only")

@@ -184,3 +184,60 @@ settings = { samples = 4 }
     policy = json.loads((tmp_path / "out" / first["policy_file"]).read_text())
     assert policy["search"]["objective"] == "loss" and policy["search"]["higher_is_better"] is False
     assert policy["metrics"]["loss"] == first["metric"]
+
+
+def test_export_every_format_from_a_users_trained_model(factories, capsys):
+    """The road out from the road in: csv, nncf (and back), onnx (scored by the user's own
+    evaluate on the onnxruntime session) from a factory that returns a trained model, and
+    onnx from a task's architecture with --weights and --data."""
+    pytest.importorskip("onnxruntime")
+    trained = "own_models:barnet_trained"
+    summary, _ = _search(capsys, factories, "--task", trained, "--searcher", "ilp", "--sensitivity",
+                         "hessian:probes=4,samples=40")
+    policy = factories / "p.json"
+    code, out, err = run(capsys, "export", policy, "--to", "csv", "--task", trained)
+    assert code == 0, err
+    assert [line.split(",")[0] for line in out.splitlines()] == ["layer", "conv1", "conv2", "fc"]
+    code, _, err = run(capsys, "export", policy, "--to", "nncf", "--task", trained, "--out", factories / "n.json")
+    assert code == 0, err
+    code, _, err = run(capsys, "import", "--from", "nncf", factories / "n.json", "--task", trained,
+                       "--out", factories / "back.json")
+    assert code == 0, err
+    assert json.loads((factories / "back.json").read_text())["layers"] == json.loads(policy.read_text())["layers"]
+    code, _, err = run(capsys, "export", policy, "--to", "onnx", "--task", trained, "--out", factories / "m.onnx")
+    assert code == 0 and "bitsearch's fake-quantized top1" in err, err
+    code, out, err = run(capsys, "eval", "--onnx", factories / "m.onnx", "--task", trained, "--float-bias", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["metric"] == "top1" and abs(result["top1_difference_pp"]) <= 0.1 + 1e-9
+    assert result["bitsearch_fake_quant"]["top1"] == pytest.approx(summary["metrics"]["top1"])
+    arch = ("--task", "own_models:barnet_task", "--weights", factories / "barnet.pt")
+    code, _, err = run(capsys, "export", policy, "--to", "onnx", *arch, "--out", factories / "m2.onnx")
+    one_line(code, err, "has no data", "--data")
+    assert not (factories / "m2.onnx").exists()
+    images = f"imagefolder:{factories / 'images'}"
+    code, _, err = run(capsys, "export", policy, "--to", "onnx", *arch, "--data", images, "--out", factories / "m2.onnx")
+    assert code == 0 and f"--data {images}" in err, err
+    code, out, err = run(capsys, "eval", "--onnx", factories / "m2.onnx", *arch, "--data", images)
+    assert code == 0 and "difference" in out, err
+    code, _, err = run(capsys, "export", policy, "--to", "onnx", "--task", trained, "--model", factories / "x.pt",
+                       "--out", factories / "m3.onnx")
+    one_line(code, err, "export it post-training")
+    code, _, err = run(capsys, "export", policy, "--to", "csv", "--weights", factories / "barnet.pt")
+    one_line(code, err, "give --task")
+
+
+def test_hawq_round_trip_on_a_users_resnet(factories, capsys):
+    """A user factory's own ResNet-18 exports to HAWQ-V3's bit_config and reads back."""
+    task = "own_models:resnet18_shapes"
+    _search(capsys, factories, "--task", task, "--searcher", "uniform")
+    code, _, err = run(capsys, "export", factories / "p.json", "--to", "hawq", "--task", task,
+                       "--out", factories / "bit_config.py")
+    assert code == 0, err
+    assert "bit_config_dict" in (factories / "bit_config.py").read_text()
+    code, _, err = run(capsys, "import", "--from", "hawq", factories / "bit_config.py", "--task", task,
+                       "--out", factories / "back.json")
+    assert code == 0, err
+    back = json.loads((factories / "back.json").read_text())
+    assert back["layers"] == json.loads((factories / "p.json").read_text())["layers"]
+    assert back["model"]["name"] == "my-resnet18"

@@ -127,16 +127,19 @@ def cmd_eval(args) -> int:
 def eval_onnx(args) -> int:
     """``bitsearch eval --onnx FILE --task T``: the accuracy onnxruntime computes."""
     from ..errors import UserInputError
-    from ..onnx_export import check_onnx_for_task, evaluate_onnx, read_metadata, session
+    from ..build import TrainedModel
+    from ..onnx_export import check_onnx_for_task, evaluate_onnx, read_metadata, runtime_module, session
     from ..policy import Policy, load_policy
-    from ..tasks import get_task
 
     if args.model or args.finetune_epochs or args.latency_table:
         raise UserInputError("--onnx scores the exported model as it is: --model, --finetune-epochs and "
                              "--latency-table do not apply")
     meta = read_metadata(args.onnx)
-    task = get_task(args.task)
-    if task.shape_only:
+    task = model_source(args)
+    trained = isinstance(task, TrainedModel)
+    if trained and task.evaluate is None:
+        raise UserInputError(f"{args.task!r} gives no evaluate=: nothing to score the ONNX model with")
+    if not trained and task.shape_only:
         raise UserInputError(f"task {task.name!r} is shape-only (no data): nothing to score the ONNX model on")
     check_onnx_for_task(meta, task, args.onnx)
     theirs = Policy.from_json(meta["policy"]) if meta.get("policy") else None
@@ -145,25 +148,32 @@ def eval_onnx(args) -> int:
         if theirs is not None and policy.as_dict() != theirs.as_dict():
             raise UserInputError(f"{args.onnx} was exported at other widths than {args.policy} gives; leave the "
                                  "policy out to score the file as it is")
-    data = task.data()
     threads = args.threads if args.threads is not None else 1
     sess = session(args.onnx, threads=threads, optimization=args.optimization, float_bias=args.float_bias)
-    metrics = evaluate_onnx(sess, data.x_test, data.y_test, threads=threads)
+    if trained:  # the user's own evaluate, on the session as a module
+        metrics = task.evaluator().score_model(runtime_module(sess))
+        metric = task.metric
+    else:
+        data = task.data()
+        metrics = evaluate_onnx(sess, data.x_test, data.y_test, threads=threads)
+        metric = "top1"
     own = json.loads(meta.get("fake_quant_metrics", "{}") or "{}")
-    diff_pp = None if "top1" not in own else 100.0 * (metrics["top1"] - float(own["top1"]))
+    diff_pp = None if "top1" not in own or "top1" not in metrics else 100.0 * (metrics["top1"] - float(own["top1"]))
+    diff = None if metric not in own or metric not in metrics else metrics[metric] - float(own[metric])
     if args.json:
         print(json.dumps({"onnx": args.onnx, "task": task.name, "metrics": metrics,
                           "metric_kind": "onnxruntime", "optimization": args.optimization,
                           "float_bias": bool(args.float_bias),
                           "bitsearch_fake_quant": own, "top1_difference_pp": diff_pp,
+                          "metric": metric, "difference": diff,
                           "quantizers": meta.get("quantizers")}, indent=2))
         return 0
     how = f"{args.optimization} optimizations" + (", float bias" if args.float_bias else "")
-    line = f"onnxruntime ({how}): top1 {metrics['top1']:.4f}, loss {metrics['loss']:.4f}"
-    print(line)
-    if diff_pp is not None:
-        print(f"bitsearch fake-quantized ({own.get('metric_kind')}): top1 {float(own['top1']):.4f}, "
-              f"loss {float(own['loss']):.4f}; difference {diff_pp:+.2f} pp")
+    print(f"onnxruntime ({how}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if diff is not None:
+        theirs = ", ".join(f"{k} {float(own[k]):.4f}" for k in metrics if k in own)
+        print(f"bitsearch fake-quantized ({own.get('metric_kind')}): {theirs}; difference "
+              + (f"{diff_pp:+.2f} pp" if metric == "top1" else f"{metric} {diff:+.4g}"))
     if meta.get("quantizers"):
         print(f"quantizers: {meta['quantizers']}")
     return 0

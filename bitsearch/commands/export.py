@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import check_outputs, write_output
+from .common import add_model_options, check_outputs, model_source, write_output
 
 DESCRIPTION = """\
 Write a policy in another tool's format, or the quantized model as ONNX.
@@ -29,9 +29,10 @@ Write a policy in another tool's format, or the quantized model as ONNX.
         or, with --model, the fine-tuned model of 'bitsearch finetune'.  Needs --task and
         --out, and the deploy extra (pip install 'bitsearch[deploy]').
 
---task names the policy's task (a built-in, or package.module:factory for your own): onnx
-needs it, nncf reads the model's module classes from it, hawq and csv check the layers
-against it."""
+--task names the policy's task (a built-in, or package.module:factory for your own, which may
+return a Task or a trained model): onnx needs it, nncf reads the model's module classes from
+it, hawq and csv check the layers against it.  --weights FILE (and for onnx --data KIND:PATH,
+the calibration data) load your weights into a task's architecture, as in search and eval."""
 
 EPILOG = """\
 examples:
@@ -58,6 +59,7 @@ def register(subparsers) -> None:
                    help="target format: " + ", ".join(FORMATS))
     p.add_argument("--task", help="the policy's task (a built-in or package.module:factory)")
     p.add_argument("--out", metavar="FILE", help="write here instead of standard output (required for onnx)")
+    add_model_options(p)
     h = p.add_argument_group("hawq")
     h.add_argument("--config-name", metavar="NAME", default=None,
                    help="the configuration's name in bit_config_dict (default bit_config_<model>_bitsearch)")
@@ -102,11 +104,9 @@ def cmd_export(args) -> int:
         return _export_onnx(args, policy)
     from ..export import export_policy
 
-    task = None
-    if args.task:
-        from ..tasks import get_task
-
-        task = get_task(args.task)
+    if not args.task and (args.weights or args.data):
+        raise UserInputError("--weights and --data load into the architecture --task names: give --task")
+    task = model_source(args, scoring=False) if args.task else None
     hawq_json = args.hawq_json or not (args.out and args.out.endswith(".py"))
     if args.config_name and hawq_json:
         raise UserInputError("--config-name names the entry of a bit_config.py module: give --out FILE.py")
@@ -126,19 +126,32 @@ def _llamacpp_detail(policy, text: str, arch: str | None) -> str:
 
 def _export_onnx(args, policy) -> int:
     from ..errors import UserInputError
+    from ..build import TrainedModel
     from ..onnx_export import DEFAULT_OPSET, export_onnx, quantized_model_for_task, require_runtime
-    from ..tasks import get_task
 
     if not args.task:
         raise UserInputError("--to onnx needs --task (the model comes from the task)")
     if not args.out:
         raise UserInputError("--to onnx needs --out FILE (an ONNX model is binary)")
     require_runtime()
-    task = get_task(args.task)
+    import torch
+
+    task = model_source(args)
+    if isinstance(task, TrainedModel):
+        example = task.example_input
+        if not isinstance(example, torch.Tensor):
+            raise UserInputError(f"the ONNX export takes a model of one tensor input, but {args.task!r} gives an "
+                                 f"example input of type {type(example).__name__}")
+    else:
+        example = task.example_input(2)
     qmodel, metadata = quantized_model_for_task(task, policy, model_path=args.model, source=args.policy)
-    result = export_onnx(qmodel, task.example_input(2), args.out, int4=not args.no_int4,
+    result = export_onnx(qmodel, example, args.out, int4=not args.no_int4,
                          opset=args.opset or DEFAULT_OPSET, metadata=metadata)
-    top1 = metadata["fake_quant_metrics"]["top1"]
-    print(f"wrote {args.out}: {result.summary()}; bitsearch's fake-quantized top1 {top1:.4f} "
-          f"(check it with: bitsearch eval --onnx {args.out} --task {args.task})", file=sys.stderr)
+    own = metadata["fake_quant_metrics"]
+    metric = own.get("metric", "top1")
+    score = f"; bitsearch's fake-quantized {metric} {own[metric]:.4f}" if metric in own else ""
+    again = " ".join(f"{flag} {value}" for flag, value in (("--task", args.task), ("--weights", args.weights),
+                                                            ("--data", args.data)) if value)
+    print(f"wrote {args.out}: {result.summary()}{score} (check it with: bitsearch eval --onnx {args.out} {again})",
+          file=sys.stderr)
     return 0

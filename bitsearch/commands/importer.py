@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import check_outputs, write_output
+from .common import add_model_options, check_outputs, model_source, write_output
 
 DESCRIPTION = """\
 Read the bit widths of another tool and write a bitsearch policy JSON.
@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("file", metavar="FILE", help="the other tool's file")
     p.add_argument("--from", dest="source_format", required=True, choices=("hawq", "nncf"),
                    help="the file's format")
-    p.add_argument("--task", help="check the layers against this task's model")
+    p.add_argument("--task", help="check the layers against this task's model (a built-in, or "
+                                  "package.module:factory returning a Task or a trained model)")
     p.add_argument("--config", metavar="NAME",
                    help="hawq: which configuration of a file that holds several (its full name, e.g. "
                         "bit_config_resnet50_bops_0.5, or resnet50_bops_0.5, or with --task resnet50 the scheme "
@@ -38,14 +39,20 @@ def register(subparsers) -> None:
     p.add_argument("--act-bits", type=int, default=8, metavar="BITS",
                    help="nncf: activation width of layers the file gives none (default 8)")
     p.add_argument("--out", metavar="FILE", help="write the policy here (default: standard output)")
+    add_model_options(p)
     p.set_defaults(func=cmd_import)
 
 
 def cmd_import(args) -> int:
     from .. import interop
 
+    from ..errors import UserInputError
+
     check_outputs(("--out", args.out))
-    space = _task_space(args.task) if args.task else None
+    if not args.task and (args.weights or args.data):
+        raise UserInputError("--weights and --data load into the architecture --task names: give --task")
+    source = model_source(args, scoring=False) if args.task else None
+    space = _task_space(source) if source is not None else None
     model = {"name": space.model_name, "fingerprint": space.fingerprint} if space is not None else None
     if args.source_format == "hawq":
         naming = args.names or "torchvision"
@@ -55,10 +62,8 @@ def cmd_import(args) -> int:
     else:
         data = interop.read_nncf_file(args.file)
         producers = None
-        if args.task:
-            from ..tasks import get_task
-
-            producers = interop.nncf_model_facts(get_task(args.task))[2]
+        if source is not None:
+            producers = interop.nncf_model_facts(source)[2]
         policy = interop.from_nncf(data, default_act_bits=args.act_bits, model=model,
                                    layer_order=list(space.names) if space is not None else None,
                                    producers=producers)
@@ -68,12 +73,13 @@ def cmd_import(args) -> int:
     return 0
 
 
-def _task_space(name):
-    from ..build import SpaceOptions, space_for_task
-    from ..tasks import get_task
+def _task_space(source):
+    from ..build import SpaceOptions, TrainedModel, architecture, space_for_task
 
-    task = get_task(name)
-    return space_for_task(task, SpaceOptions(act_bits=None))
+    if isinstance(source, TrainedModel):
+        model, example = architecture(source)
+        return SpaceOptions(act_bits=None).discover(model, example, model_name=source.name)
+    return space_for_task(source, SpaceOptions(act_bits=None))
 
 
 def check_against_space(policy, space, *, source=None):
