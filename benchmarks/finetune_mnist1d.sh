@@ -14,5 +14,5 @@ for name in uniform ilp; do
         --out "$out/$name.pt" --json > "$out/${name}_finetune.json"
     nice bitsearch eval "$out/$name.json" --task mnist1d-cnn --model "$out/$name.pt" --json \
         > "$out/${name}_eval.json"
-    rm -f "$out/$name.pt.ckpt"
+    rm -f "$out/$name.pt" "$out/$name.pt.ckpt"   # the models are not committed
 done

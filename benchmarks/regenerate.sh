@@ -52,9 +52,8 @@ STEPS=(
 # main job and its "Why refine" example are checked by tests/test_shipped.py, the bench tables by
 # tests/test_readme.py.)
 HAND_WRITTEN="
-  README.md 'Other measurements' table: ilp_mnist1d, rl_mnist1d, fracbits_mnist1d rows (point them
-    at the suites' folders ilp_mnist1d/report.md, rl_mnist1d/report.md, fracbits_mnist1d/report.md
-    and remove the replaced ilp_mnist1d.{json,md}, rl_mnist1d.{json,md}, fracbits_mnist1d.{json,md}),
+  README.md 'Other measurements' table and docs/rl.md: the ilp_mnist1d/, rl_mnist1d/ and
+    fracbits_mnist1d/ report.md rows,
     scale/report.md, env_throughput.md, fracbits_epoch_cost.json, fakequant_speed.md,
     finetune_mnist1d/ (and its float top-1), latency_cpu/, ilp_scale.md
   README.md tiny-llama table and docs/llm.md            <- tiny_llama.md
