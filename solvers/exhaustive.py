@@ -36,7 +36,7 @@ class ExhaustiveSearcher(BaseSearcher):
         limit = self.config.max_policies
         if n > limit:
             raise SpaceTooLargeError(
-                f"exhaustive: the space holds {n:,} policies, more than max_policies={limit:,}; "
+                f"exhaustive: the space holds {_count(n)} policies, more than max_policies={limit:,}; "
                 f"use layer granularity, fewer widths, or another searcher (ilp, random)")
 
     def _search(self, problem, run: SearchRun):
@@ -59,3 +59,12 @@ class ExhaustiveSearcher(BaseSearcher):
         if run.best is None:
             raise InfeasibleBudgetError("exhaustive: no policy of the space keeps every budget")
         return None
+
+
+def _count(n: int) -> str:
+    """``n`` with thousands separators, or as a power of ten past 15 digits (a kernel-wise
+    space's count runs to hundreds of digits)."""
+    digits = str(n)
+    if len(digits) <= 15:
+        return f"{n:,}"
+    return f"about {digits[0]}.{digits[1]}e{len(digits) - 1}"
