@@ -5,8 +5,10 @@ Every weight decision unit (a layer or tied group at layer granularity, a kernel
 granularity) gets a real-valued width, and so does every activation group when the space
 searches activation widths.  The forward pass quantizes at the two neighbouring choices
 of each width and mixes them by the fractional part (:mod:`bitsearch.quant.fractional`),
-so the task loss has a gradient in every width; the weights train alongside
-(straight-through rounding).
+so the task loss has a gradient in every width.  The weights train alongside
+(straight-through rounding), as published, when the problem's evaluator fine-tunes the
+policies it scores; under post-training scoring (the default) they stay fixed, so the
+widths learn from the loss of the model that is scored (``train_weights`` sets either).
 
 **Differentiable cost.**  Each budgeted cost model is relaxed by interpolating its
 ``layer_cost`` linearly between the widths of the space (bilinearly in weight and
@@ -328,7 +330,9 @@ class FracBitsSettings(SearcherSettings):
     penalty_end: float = setting(10.0, gt=0, help="budget-penalty strength at the last step")
     batch_size: int | None = setting(None, ge=1, help="training batch size (None: the task's; a user's "
                                                       "train_loader keeps its own)")
-    train_weights: bool = setting(True, help="train the weights along with the widths")
+    train_weights: bool | None = setting(None, help="train the weights along with the widths (None: when the "
+                                                    "problem's evaluator fine-tunes; with post-training "
+                                                    "scoring the weights stay as they are scored)")
     train_samples: int | None = setting(None, ge=1, help="training samples used per epoch (None: all)")
     finetune_epochs: int = setting(0, ge=0, help="epochs of training at the final integer policy "
                                                  "(accuracy in result.info)")
@@ -439,9 +443,11 @@ class FracBitsSearcher(BaseSearcher):
         bits_a = torch.nn.Parameter(start_a) if start_a is not None else None
         layout = _Layout(space, encoding)
 
-        weights = [p for p in model.parameters()] if s.train_weights else []
+        train_weights = _trains_weights(s.train_weights, evaluator)
+        run.info["train_weights"] = train_weights
+        weights = [p for p in model.parameters()] if train_weights else []
         for p in model.parameters():
-            p.requires_grad_(s.train_weights)
+            p.requires_grad_(train_weights)
         lr = s.lr if s.lr is not None else evaluator.finetune_lr
         opt_w = torch.optim.Adam(weights, lr=lr) if weights else None
         bit_params = [bits_w] + ([bits_a] if bits_a is not None else [])
@@ -557,6 +563,18 @@ def _modules():
 
         _MODULES.update(relaxed=RelaxedModel, fixed=FixedModel)
     return _MODULES
+
+
+def _trains_weights(setting_value, evaluator) -> bool:
+    """Whether the search trains the weights with the widths: as set, or (None) exactly when
+    the evaluator scores a policy after fine-tuning it.  Under post-training scoring the
+    policy is scored on the weights as they are; weights trained along during the search
+    absorb the quantization error, so the widths would learn from a loss the scored model
+    does not have (on ``digits-cnn`` the training loss at the relaxed widths falls to 0.006
+    and the widths stay at the uniform start: docs/crosslayer.md, "FracBits on digits-cnn")."""
+    if setting_value is not None:
+        return bool(setting_value)
+    return bool(getattr(evaluator, "finetune_epochs", 0))
 
 
 def _width_at_budget(relaxed, uniform, low, high, torch, iterations=50):
