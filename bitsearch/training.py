@@ -12,6 +12,7 @@ sample limit stops the iteration early.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Iterable, Iterator
 
@@ -239,6 +240,25 @@ def cut_batch(batch: Batch, n: int) -> Batch:
     if isinstance(batch, dict):
         return {key: cut_batch(value, n) for key, value in batch.items()}
     return batch
+
+
+@contextlib.contextmanager
+def seeded_training(model: nn.Module, seed: int, threads: int) -> Iterator[torch.Generator]:
+    """Train ``model`` deterministically inside: ``threads`` torch threads, the global RNG
+    seeded with ``seed`` (both restored after), train mode inside and eval mode after.
+    Yields a generator seeded with ``seed`` for the data order."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.train()
+            try:
+                yield torch.Generator().manual_seed(seed)
+            finally:
+                model.eval()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def model_device(model: nn.Module) -> torch.device:

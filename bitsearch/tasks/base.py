@@ -24,7 +24,7 @@ from ..errors import TaskError
 from .._io import atomic_write, stable_hash
 from ..progress import Bar
 from .cache import cache_dir, file_lock, safe_name
-from ..training import model_device
+from ..training import model_device, seeded_training
 
 log = logging.getLogger(__name__)
 
@@ -216,44 +216,31 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Trai
         batches.pop()  # a last batch of one sample breaks batch norm in train mode
     steps = epochs * len(batches)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            generator = torch.Generator().manual_seed(recipe.seed)
-            if recipe.optimizer == "sgd":
-                optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
-                                            weight_decay=recipe.weight_decay)
-            elif recipe.optimizer == "adam":
-                optimizer = torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
-            else:
-                optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-            bar = Bar(description, epochs, unit="epoch", enabled=bool(progress))
-            model.train()
-            try:
-                for _ in range(epochs):
-                    order = torch.randperm(n, generator=generator)
-                    loss_sum = 0.0
-                    for start, stop in batches:
-                        index = order[start:stop]
-                        xb, yb = x[index].to(device), y[index].to(device)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss = F.cross_entropy(model(xb), yb)
-                        if not torch.isfinite(loss):
-                            raise TaskError(f"{description}: the loss became {float(loss.detach())}; lower the learning rate "
-                                            f"(lr={lr})")
-                        loss.backward()
-                        optimizer.step()
-                        schedule.step()
-                        loss_sum += float(loss.detach()) * (stop - start)
-                    bar.update(1, postfix=f"loss={loss_sum / batches[-1][1]:.4f}")
-            finally:
-                bar.close()
-                model.eval()
-    finally:
-        torch.set_num_threads(threads)
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    with seeded_training(model, recipe.seed, threads=1) as generator, \
+            Bar(description, epochs, unit="epoch", enabled=bool(progress)) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            loss_sum = 0.0
+            for start, stop in batches:
+                index = order[start:stop]
+                xb, yb = x[index].to(device), y[index].to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xb), yb)
+                if not torch.isfinite(loss):
+                    raise TaskError(f"{description}: the loss became {float(loss.detach())}; lower the learning rate "
+                                    f"(lr={lr})")
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += float(loss.detach()) * (stop - start)
+            bar.update(1, postfix=f"loss={loss_sum / batches[-1][1]:.4f}")
     return model
 
 

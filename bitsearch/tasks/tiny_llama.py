@@ -209,39 +209,27 @@ def train(model: nn.Module, recipe: LMRecipe = RECIPE, *, progress: bool = False
     :data:`TRAIN_THREADS` CPU threads; the thread count and the global RNG are restored
     after).  Returns it in eval mode."""
     from ..progress import Bar
+    from ..training import seeded_training
 
     ids = token_ids(pycorpus.TRAIN_MODULES)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TRAIN_THREADS)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            generator = torch.Generator().manual_seed(recipe.seed)
-            optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                           {"params": no_decay, "weight_decay": 0.0}],
-                                          lr=recipe.lr, betas=(0.9, 0.95))
-            bar = Bar(f"training {NAME}", recipe.steps, unit="step", enabled=bool(progress))
-            model.train()
-            try:
-                for step in range(recipe.steps):
-                    for group in optimizer.param_groups:
-                        group["lr"] = _lr_at(step, recipe)
-                    batch = random_windows(ids, recipe.batch_size, generator)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = lm_loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise TaskError(f"training {NAME}: the loss became {float(loss.detach())} at step {step}")
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                    optimizer.step()
-                    bar.update(1, postfix=f"loss={float(loss.detach()):.3f}")
-            finally:
-                bar.close()
-                model.eval()
-    finally:
-        torch.set_num_threads(threads)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
+    with seeded_training(model, recipe.seed, threads=TRAIN_THREADS) as generator, \
+            Bar(f"training {NAME}", recipe.steps, unit="step", enabled=bool(progress)) as bar:
+        for step in range(recipe.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, recipe)
+            batch = random_windows(ids, recipe.batch_size, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss = lm_loss(model, batch)
+            if not torch.isfinite(loss):
+                raise TaskError(f"training {NAME}: the loss became {float(loss.detach())} at step {step}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            optimizer.step()
+            bar.update(1, postfix=f"loss={float(loss.detach()):.3f}")
     return model
 
 
