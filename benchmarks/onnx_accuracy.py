@@ -1,7 +1,7 @@
 """Does onnxruntime give bitsearch's accuracy?  Mixed size=3bit policies, post-training and
 fine-tuned, exported to ONNX and run by onnxruntime.
 
-    python benchmarks/onnx_accuracy.py [--tasks mnist1d-cnn,mnist] [--epochs 5]
+    python benchmarks/onnx_accuracy.py [--tasks mnist1d-cnn,mnist-lenet5] [--epochs 5]
                                        [--out benchmarks/results/onnx_accuracy]
 
 Per task: ``bitsearch search --searcher ilp --budget size=3bit`` layer-wise and kernel-wise;
@@ -33,7 +33,7 @@ def bitsearch(*argv, capture=False):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default="mnist1d-cnn")
+    parser.add_argument("--tasks", default="mnist1d-cnn,mnist-lenet5")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/onnx_accuracy")
     args = parser.parse_args(argv)
@@ -64,6 +64,7 @@ def main(argv=None) -> int:
                              "test_samples": deployed["bitsearch_fake_quant"].get("samples")})
                 Path(onnx).unlink()
             Path(model).unlink()
+            Path(model + ".ckpt").unlink(missing_ok=True)  # finetune's checkpoint
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     lines = ["# onnxruntime accuracy vs bitsearch eval (size=3bit ILP policies)", "",
              "```", f"python benchmarks/onnx_accuracy.py --tasks {args.tasks} --epochs {args.epochs}", "```", "",

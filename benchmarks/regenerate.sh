@@ -40,6 +40,8 @@ STEPS=(
   "readme_tables|README.md's <!-- bench-tables --> block, from the four table suites above|acc"
   "finetune|finetune_mnist1d/*.json|acc"
   "reproducibility|reproducibility/{report.md,results.json}|acc"
+  "onnx_accuracy|onnx_accuracy/{README.md,results.json}: onnxruntime vs bitsearch eval (docs/deploy.md)|acc"
+  "onnx_latency|onnx_latency/: the onnxruntime latency table, the latency search and its measured latency|time"
   "tiny_llama|tiny_llama.{json,md}, tiny_llama_pareto.png (README, docs/llm.md)|acc+time"
   "env_throughput|env_throughput.{json,md}|time"
   "fakequant_speed|fakequant_speed.{json,md}|time"
@@ -59,6 +61,7 @@ HAND_WRITTEN="
   README.md tiny-llama table and docs/llm.md            <- tiny_llama.md
   benchmarks/results/finetune_mnist1d/README.md          <- finetune_mnist1d/*.json
   benchmarks/results/latency_cpu/README.md               <- latency_cpu/*.csv
+  docs/deploy.md (onnxruntime accuracy and latency)       <- onnx_accuracy/README.md, onnx_latency/README.md
   benchmarks/mnist_lenet5.toml and readme_tables.py text <- float_models/report.md (mnist-lenet5 top-1)"
 
 usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -125,6 +128,12 @@ step() {
       run bash benchmarks/finetune_mnist1d.sh "$RESULTS/finetune_mnist1d" ;;
     reproducibility)
       run python benchmarks/reproducibility.py --out "$RESULTS/reproducibility" ;;
+    onnx_accuracy)
+      if [ "$QUICK" = 1 ]; then run python benchmarks/onnx_accuracy.py --out "$RESULTS/onnx_accuracy" --tasks mnist1d-cnn --epochs 1
+      else run python benchmarks/onnx_accuracy.py --out "$RESULTS/onnx_accuracy"; fi ;;
+    onnx_latency)
+      if [ "$QUICK" = 1 ]; then run python benchmarks/onnx_latency.py --out "$RESULTS/onnx_latency" --repeats 3 --provisional
+      else run python benchmarks/onnx_latency.py --out "$RESULTS/onnx_latency"; fi ;;
     tiny_llama)
       if [ "$QUICK" = 1 ]; then
         run python benchmarks/tiny_llama.py --out "$RESULTS" --rule-bases 4 --searchers ilp --episodes 4
