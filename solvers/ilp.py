@@ -72,7 +72,7 @@ from bitsearch.policy import Policy
 from bitsearch.search import BaseSearcher, SearchRun
 from bitsearch.settings import SearcherSettings, setting
 
-from .lagrangian import JointlyInfeasible, core, solve_lagrangian
+from .lagrangian import JointlyInfeasible, RepairFailed, core, solve_lagrangian
 from .mckp import KnapsackInfeasible, solve_mckp
 from .refine import refine_policy
 
@@ -599,8 +599,13 @@ def solve(problem, *, method="auto", gap=DEFAULT_GAP, solver="highs", time_limit
             return _knapsack(form, limits, gap, int(mckp_nodes))
         return _lagrangian(form, limits, gap, time_limit)
 
-    result = attempt(list(form.budget_limits))
-    policy, extra, result = _verified_fast(form, result, attempt)
+    try:
+        result = attempt(list(form.budget_limits))
+        policy, extra, result = _verified_fast(form, result, attempt)
+    except _NoFastPolicy as exc:  # feasible or not, the exact program decides
+        info["fast_path_fallback"] = f"{exc}: solving the full program"
+        solution = _run_mip(form, solver, time_limit, gap, threads, verbose, info, started)
+        return ILPSolution(solution.policy, _finish_info(form, solution.policy, solution.info, started))
     info.update(result.info)
     info.update(extra)
     if result.gap > gap + GAP_NOISE and method != "mckp":
@@ -674,11 +679,17 @@ def _knapsack(form, limits, gap, nodes) -> _Fast:
                  list(limits))
 
 
+class _NoFastPolicy(Exception):
+    """The fast path found no policy within the budgets without proving that none exists."""
+
+
 def _lagrangian(form, limits, gap, time_limit) -> _Fast:
     try:
         sol = solve_lagrangian(form.values, form.unit_costs, limits, gap=gap, time_limit=time_limit)
     except JointlyInfeasible:
         _raise_infeasible_joint_fast(form)
+    except RepairFailed as exc:
+        raise _NoFastPolicy(str(exc)) from None
     info = {"method": "lagrangian", "solver": "lagrangian", "solve_seconds": round(sol.seconds, 4),
             "dual_evaluations": sol.evaluations, "variables": int(form.values.size),
             "constraints": int(form.values.shape[0]) + len(form.budgets)}
@@ -940,6 +951,8 @@ def _raise_infeasible_joint_fast(form):
                 low = sol.bound + form.pinned_costs[b]
             except JointlyInfeasible:
                 low = None
+            except RepairFailed:  # no proof either way: the exact cheapest costs below decide
+                continue
         else:
             low = cheapest_cost(form.space, form.problem.costs[budget.cost])
         if low is None or low > budget.limit:

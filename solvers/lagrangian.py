@@ -38,11 +38,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LagrangianSolution", "JointlyInfeasible", "solve_lagrangian", "core", "dual_value"]
+__all__ = ["LagrangianSolution", "JointlyInfeasible", "RepairFailed", "solve_lagrangian", "core", "dual_value"]
 
 
 class JointlyInfeasible(ValueError):
     """No choice per unit meets every capacity at once (the dual is unbounded)."""
+
+
+class RepairFailed(RuntimeError):
+    """The primal repair found no choice within every capacity.  Not a proof that none
+    exists: a feasible policy may lie beyond the candidate moves (the caller solves the
+    exact program instead)."""
 
 
 @dataclass(frozen=True)
@@ -334,7 +340,8 @@ def solve_lagrangian(values, costs, capacities, *, gap: float = 1e-4, time_limit
 
     Returns the repaired policy with the best proven bound found; the gap may exceed
     ``gap`` (close it with :func:`core`).  Raises :class:`JointlyInfeasible` when the
-    dual proves that no policy meets every budget, and ``ValueError`` on malformed input.
+    dual proves that no policy meets every budget, :class:`RepairFailed` when the repair
+    finds none without a proof that none exists, and ``ValueError`` on malformed input.
     """
     started = time.perf_counter()
     arrays = _Arrays(values, costs, capacities)
@@ -353,7 +360,7 @@ def solve_lagrangian(values, costs, capacities, *, gap: float = 1e-4, time_limit
     if x is None:  # far from feasible at these multipliers: a wider search from the cheapest side
         x = _repair(arrays, A, choice, lam, candidates=min(arrays.valid.size, 50 * candidates))
     if x is None:
-        raise JointlyInfeasible("the repair found no policy within every budget")
+        raise RepairFailed("the Lagrangian repair found no policy within every budget")
     rows = np.arange(n)
     objective = math.fsum(arrays.V[rows, x])
     totals = tuple(math.fsum(c[rows, x]) for c in arrays.C)

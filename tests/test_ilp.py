@@ -345,3 +345,19 @@ def test_import_bitsearch_does_not_import_pulp():
     assert out.returncode == 0, out.stderr
 
 
+
+
+def test_a_failed_lagrangian_repair_is_not_taken_for_infeasibility(monkeypatch):
+    """The repair is a heuristic: when it finds no policy within two budgets, the exact
+    program decides (found on onnxruntime latency, where int4 layers are slower than int8
+    ones: size pulls widths down, latency pushes them up, and one-unit moves cycle)."""
+    import bitsearch.solvers.lagrangian as lagrangian
+
+    problem = small_problem(("size=3bit", "bops=4bit"), "layer")
+    honest = ILPSearcher(method="lagrangian").search(problem)
+    monkeypatch.setattr(lagrangian, "_repair", lambda *args, **kwargs: None)
+    for method in ("auto", "lagrangian"):
+        result = ILPSearcher(method=method).search(problem)
+        assert "repair found no policy" in result.info["fast_path_fallback"]
+        assert result.info["method"] == "mip" and problem.fits(result.policy)
+        assert result.metrics["sensitivity"] == pytest.approx(honest.metrics["sensitivity"], rel=1e-6)
