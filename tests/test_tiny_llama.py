@@ -132,3 +132,29 @@ def test_issue_command_end_to_end_from_an_empty_cache(tmp_path):
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["costs"]["bits"] <= 4.25 and data["scale_group"] == 128
     print(f"ilp on tiny-llama from an empty cache: {seconds:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, settings, table_settings", [
+    ("uniform", {}, None), ("llamacpp-rule", {}, None), ("ilp", {}, None),
+    # the pairwise table at its defaults (512 samples, 400 pairs) takes over 20 minutes here
+    ("iqp", {}, {"samples": 16, "max_pairs": 12}), ("fracbits", {"epochs": 1}, None),
+    ("haq", {"episodes": 6, "warmup": 3}, None), ("autoq", {"episodes": 6, "warmup": 3}, None),
+])
+def test_every_searcher_keeps_the_effective_bits_budget_on_tiny_llama(name, settings, table_settings):
+    """Issue #17: every searcher on the real task (shipped weights, per-group-128 scales,
+    widths 2..8, float activations) under bits=4.25, each with its default sensitivity."""
+    from bitsearch.build import ProblemOptions, SpaceOptions, default_sensitivity, problem_for
+    from bitsearch.search import get
+
+    torch.set_num_threads(1)
+    space = SpaceOptions(weight_bits=(2, 3, 4, 5, 6, 7, 8), scale_group=128, act_bits=None)
+    problem = problem_for("tiny-llama", space, ProblemOptions(
+        budgets=("bits=4.25",), sensitivity=default_sensitivity(get(name)), sensitivity_settings=table_settings or {}))
+    result = get(name)(**settings).search(problem, seed=0)
+    assert problem.fits(result.policy) and result.costs["bits"] <= 4.25
+    assert result.policy.scale_group == 128
+    from bitsearch.policy import Policy
+
+    two_bits = problem.evaluate(Policy.uniform(problem.space, 2))["perplexity"]  # within any budget here
+    assert math.isfinite(result.metrics["perplexity"]) and result.metrics["perplexity"] < two_bits
