@@ -82,6 +82,7 @@ import os
 import re
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
@@ -564,7 +565,7 @@ def _npz_columns(path, source: str) -> _Columns:
 def _npz_arrays(handle, source: str) -> _Columns:
     try:
         archive = np.load(handle, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise ProblemFileError(f"{source}: not a readable .npz archive ({exc})") from None
     if not hasattr(archive, "files"):
         raise ProblemFileError(f"{source}: holds a single array, not a .npz archive of named arrays")
@@ -583,7 +584,7 @@ def _npz_arrays(handle, source: str) -> _Columns:
             raise ProblemFileError(_join(source, problems))
         try:
             arrays = {n: archive[n] for n in archive.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:  # zlib: a damaged member
             raise ProblemFileError(f"{source}: not a readable .npz archive ({exc})") from None
     header = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION}
     if "header" in arrays:

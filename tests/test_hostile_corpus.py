@@ -380,6 +380,20 @@ def _single_array(d, base):
 for name, (edit, needle) in NPZ_CASES.items():
     setup = _single_array if edit is None else _npz(edit)
     case(f"problem-npz-{name}", SEARCH + ["--problem", "{d}/bad.npz"], setup, needle=needle)
+def _damaged_member(d, base):
+    """A compressed archive whose sensitivity member's deflate stream is broken (zlib's own
+    error, which the fuzz found escaping as a traceback)."""
+    with np.load(d / "prob.npz", allow_pickle=False) as archive:
+        arrays = {n: archive[n] for n in archive.files}
+    np.savez_compressed(d / "bad.npz", **arrays)
+    data = bytearray((d / "bad.npz").read_bytes())
+    start = data.index(b"sensitivity.npy") + len("sensitivity.npy") + 20  # past the name and its zip64 field
+    data[start:start + 8] = b"\xff" * 8
+    (d / "bad.npz").write_bytes(bytes(data))
+
+
+case("problem-npz-damaged-member", SEARCH + ["--problem", "{d}/bad.npz"], _damaged_member,
+     needle="not a readable .npz archive")
 case("problem-npz-zip-bomb", SEARCH + ["--problem", "{d}/bad.npz"],
      _npz(lambda a: a.__setitem__("extra_zeros", np.zeros(2 ** 24)), compressed=True),
      env={"BITSEARCH_MAX_PROBLEM_MB": "8"}, needle="unpacks to")
