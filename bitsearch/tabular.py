@@ -562,10 +562,16 @@ def _npz_columns(path, source: str) -> _Columns:
         handle.close()
 
 
+# what a damaged or foreign zip archive raises while numpy reads it: zlib's error for a broken
+# deflate stream, NotImplementedError for a compression method zipfile lacks, RuntimeError
+# for an encrypted member
+_DAMAGED_ZIP = (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError)
+
+
 def _npz_arrays(handle, source: str) -> _Columns:
     try:
         archive = np.load(handle, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+    except _DAMAGED_ZIP as exc:
         raise ProblemFileError(f"{source}: not a readable .npz archive ({exc})") from None
     if not hasattr(archive, "files"):
         raise ProblemFileError(f"{source}: holds a single array, not a .npz archive of named arrays")
@@ -584,7 +590,7 @@ def _npz_arrays(handle, source: str) -> _Columns:
             raise ProblemFileError(_join(source, problems))
         try:
             arrays = {n: archive[n] for n in archive.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:  # zlib: a damaged member
+        except _DAMAGED_ZIP as exc:
             raise ProblemFileError(f"{source}: not a readable .npz archive ({exc})") from None
     header = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION}
     if "header" in arrays:
