@@ -17,7 +17,9 @@ come from :func:`bitsearch.cost.unit_tables`.
 
 from __future__ import annotations
 
+import itertools
 from functools import cached_property
+from typing import Iterator
 
 import numpy as np
 
@@ -95,6 +97,14 @@ class Encoding:
         return self.space.weight_units()
 
     # --- policies -------------------------------------------------------------------------
+    def every_policy(self) -> Iterator[Policy]:
+        """Every policy of the space, the weight choices varying slowest (the exhaustive
+        searcher's order); ``space.num_policies()`` of them."""
+        for weights in itertools.product(range(self.n_weight_choices), repeat=self.n_weight_units):
+            chosen = np.array(weights)
+            for acts in itertools.product(range(self.n_act_choices), repeat=self.n_act_units):
+                yield self.decode(chosen, np.array(acts))
+
     def decode(self, weights, acts=None, *, meta: dict | None = None) -> Policy:
         space = self.space
         weights = np.asarray(weights, dtype=np.int64)

@@ -125,14 +125,7 @@ def sample_policies(problem, n: int, seed: int = 0, *, enumerate_limit: int = EN
     rng = np.random.default_rng(int(seed))
     total = space.num_policies()
     if total <= enumerate_limit:  # every policy, then a uniform draw among those in budget
-        import itertools
-
-        feasible = []
-        for weights in itertools.product(range(encoding.n_weight_choices), repeat=encoding.n_weight_units):
-            for acts in itertools.product(range(encoding.n_act_choices), repeat=encoding.n_act_units):
-                policy = encoding.decode(np.array(weights), np.array(acts))
-                if problem.fits(policy):
-                    feasible.append(policy)
+        feasible = [policy for policy in encoding.every_policy() if problem.fits(policy)]
         if not feasible:
             raise InfeasibleBudgetError("validation: no policy of the space keeps every budget")
         among = (f"the {len(feasible):,} policies within the budgets (of {total:,})" if problem.budgets
@@ -157,10 +150,11 @@ def sample_policies(problem, n: int, seed: int = 0, *, enumerate_limit: int = EN
 
 # --- measuring ---------------------------------------------------------------------------------------
 class LossMeter:
-    """The loss change of policies on fixed samples: the mean loss of the model as
-    ``evaluator`` scores the policy (``evaluator.quantized_model``: fake-quantized,
-    activation ranges calibrated, fine-tuned when the evaluator fine-tunes) on the
-    sensitivity samples, minus the float model's on the same samples (torch)."""
+    """The loss change of policies on fixed samples, beside their metrics: the mean loss
+    of the model as ``evaluator`` scores the policy (``evaluator.quantized_model``:
+    fake-quantized, activation ranges calibrated, fine-tuned when the evaluator
+    fine-tunes) on the sensitivity samples, minus the float model's on the same samples
+    (torch)."""
 
     def __init__(self, evaluator, *, samples: int = DEFAULT_SAMPLES, batch_size: int = 512, seed: int = 0):
         from .evaluate import single_thread
@@ -178,13 +172,16 @@ class LossMeter:
 
         return _mean_loss(model, self.batches, loss=self.evaluator.loss)
 
-    def loss_change(self, policy) -> float:
-        """The policy's mean loss on the samples minus the float model's."""
+    def measure(self, policy) -> tuple[float, dict]:
+        """The policy's mean loss on the samples minus the float model's, and the
+        evaluator's metrics, both of the one model the evaluator scores for it (quantized,
+        calibrated and fine-tuned once)."""
         from .evaluate import single_thread
 
         qmodel = self.evaluator.quantized_model(policy)
         with single_thread(self.deterministic):
-            return self._mean_loss(qmodel) - self.float_loss
+            change = self._mean_loss(qmodel) - self.float_loss
+        return change, self.evaluator.score_model(qmodel)
 
 
 # --- the validation ----------------------------------------------------------------------------------
@@ -222,8 +219,9 @@ def validate(problem, n: int, *, seed: int = 0, methods: Sequence[str] | None = 
     measured, metrics = [], []
     for k, policy in enumerate(policies):
         report("measuring policies", k, len(policies), "")
-        measured.append(meter.loss_change(policy))
-        metrics.append(float(evaluator.evaluate(policy)[objective]))
+        change, scores = meter.measure(policy)
+        measured.append(change)
+        metrics.append(float(scores[objective]))
     report("measuring policies", len(policies), len(policies), "")
     badness = [-m for m in metrics] if problem.higher_is_better else list(metrics)  # lower is better, as a loss
     rows = {}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
-
-import numpy as np
 
 from bitsearch.encoding import Encoding
 from bitsearch.errors import InfeasibleBudgetError, SpaceTooLargeError
@@ -42,20 +39,14 @@ class ExhaustiveSearcher(BaseSearcher):
     def _search(self, problem, run: SearchRun):
         encoding = Encoding(problem.space)
         total = problem.space.num_policies()
-        weight_choices = range(encoding.n_weight_choices)
-        act_choices = range(encoding.n_act_choices)
-        step = 0
-        for combo in itertools.product(weight_choices, repeat=encoding.n_weight_units):
-            for acts in itertools.product(act_choices, repeat=encoding.n_act_units):
-                step += 1
-                policy = encoding.decode(np.array(combo), np.array(acts))
-                if not problem.fits(policy):
-                    if step % 256 == 0:
-                        run.emit("progress", step=step, total=total)
-                else:
-                    run.evaluate(policy, step=step, total=total)
-                if run.stopped and run.best is not None:
-                    return None
+        for step, policy in enumerate(encoding.every_policy(), start=1):
+            if not problem.fits(policy):
+                if step % 256 == 0:
+                    run.emit("progress", step=step, total=total)
+            else:
+                run.evaluate(policy, step=step, total=total)
+            if run.stopped and run.best is not None:
+                return None
         if run.best is None:
             raise InfeasibleBudgetError("exhaustive: no policy of the space keeps every budget")
         return None
