@@ -80,6 +80,18 @@ def model_source(args, *, scoring: bool = True):
                            scoring=scoring)
 
 
+def optional_model_source(args, *, scoring: bool = True):
+    """:func:`model_source` for a command whose ``--task`` is optional (export, import):
+    None without ``--task``, where ``--weights`` or ``--data`` is an error."""
+    from ..errors import UserInputError
+
+    if args.task:
+        return model_source(args, scoring=scoring)
+    if getattr(args, "weights", None) or getattr(args, "data", None):
+        raise UserInputError("--weights and --data load into the architecture --task names: give --task")
+    return None
+
+
 def source_width(source, args) -> float:
     """The width multiplier to build ``source`` at: ``--width-mult`` for a Task; 1 for a
     trained model (``model_from_task`` already built it at ``--width-mult``)."""

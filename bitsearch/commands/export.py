@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_options, check_outputs, model_source, write_output
+from .common import add_model_options, check_outputs, model_source, optional_model_source, write_output
 
 DESCRIPTION = """\
 Write a policy in another tool's format, or the quantized model as ONNX.
@@ -104,9 +104,7 @@ def cmd_export(args) -> int:
         return _export_onnx(args, policy)
     from ..export import export_policy
 
-    if not args.task and (args.weights or args.data):
-        raise UserInputError("--weights and --data load into the architecture --task names: give --task")
-    task = model_source(args, scoring=False) if args.task else None
+    task = optional_model_source(args, scoring=False)
     hawq_json = args.hawq_json or not (args.out and args.out.endswith(".py"))
     if args.config_name and hawq_json:
         raise UserInputError("--config-name names the entry of a bit_config.py module: give --out FILE.py")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_model_options, check_outputs, model_source, write_output
+from .common import add_model_options, check_outputs, optional_model_source, write_output
 
 DESCRIPTION = """\
 Read the bit widths of another tool and write a bitsearch policy JSON.
@@ -46,12 +46,8 @@ def register(subparsers) -> None:
 def cmd_import(args) -> int:
     from .. import interop
 
-    from ..errors import UserInputError
-
     check_outputs(("--out", args.out))
-    if not args.task and (args.weights or args.data):
-        raise UserInputError("--weights and --data load into the architecture --task names: give --task")
-    source = model_source(args, scoring=False) if args.task else None
+    source = optional_model_source(args, scoring=False)
     space = _task_space(source) if source is not None else None
     model = {"name": space.model_name, "fingerprint": space.fingerprint} if space is not None else None
     if args.source_format == "hawq":
