@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     lines = ["# onnxruntime accuracy vs bitsearch eval (size=3bit ILP policies)", "",
              "```", f"python benchmarks/onnx_accuracy.py --tasks {args.tasks} --epochs {args.epochs}", "```", "",
              "`onnxruntime`: all graph optimizations (integer QLinearConv kernels; onnxruntime rounds float biases to "
-             "the int32 accumulator grid first). `float bias`: the same with that rounding off (`bitsearch eval --onnx "
-             "--float-bias`), float kernels. See docs/deploy.md.", "",
+             "the int32 accumulator grid first, where a fine-tuned model's biases already are). `float bias`: the same "
+             "with that rounding off (`bitsearch eval --onnx --float-bias`), float kernels. See docs/deploy.md.", "",
              "| task | granularity | model | bitsearch eval | onnxruntime | diff (pp) | onnxruntime, float bias | "
              "diff (pp) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

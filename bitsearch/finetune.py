@@ -22,7 +22,9 @@ as a run never interrupted.  Shuffling uses a generator seeded per epoch.
 **The saved model** (``torch.save`` of plain tensors, strings and numbers; loads with
 ``torch.load(..., weights_only=True)``): for every quantized layer its integer weights,
 per-kernel scales (the learned steps), widths and activation quantizer (``act_bits``,
-signedness, clipping level); every other tensor of the state dict (biases, batch norm);
+signedness, clipping level); every other tensor of the state dict (biases, batch norm; a
+bias that the layer adds on its int32 accumulator grid is stored as learned and rounded when
+the model runs, see :mod:`bitsearch.quant.learnable`);
 the policy JSON (with the fine-tuned metrics); the task, width multiplier and model
 fingerprint; the settings and per-epoch history.  :func:`load_finetuned` rebuilds the
 model from the task's architecture alone (no training) and scores exactly as at the end of
@@ -43,7 +45,8 @@ from .policy import Policy
 from .progress import Bar
 
 FORMAT = "bitsearch-finetuned"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: biases of integer layers on the int32 accumulator grid (1: float biases, still read)
+READABLE_VERSIONS = (1, 2)
 CHECKPOINT_FORMAT = "bitsearch-finetune-checkpoint"
 CYCLE_STEPS = 8
 CYCLE_DECADES = 3.0  # lr_max / lr_min = 10**3
@@ -169,7 +172,7 @@ def _load(path: Path, what: str):
 
 def _identity(task, policy: Policy, settings: FinetuneSettings, fingerprint: str) -> dict:
     return {"task": task.name, "fingerprint": fingerprint, "policy_key": policy.key,
-            "settings": json.dumps(settings.to_dict(), sort_keys=True)}
+            "settings": json.dumps(settings.to_dict(), sort_keys=True), "format_version": FORMAT_VERSION}
 
 
 # --- fine-tuning -----------------------------------------------------------------------------
@@ -203,7 +206,9 @@ def finetune(task, policy: Policy, settings: FinetuneSettings = FinetuneSettings
         theirs = state.get("identity", {})
         if theirs != identity:
             what = ("another model" if theirs.get("fingerprint") != fingerprint or theirs.get("task") != task.name
-                    else "another policy" if theirs.get("policy_key") != policy.key else "other settings")
+                    else "another policy" if theirs.get("policy_key") != policy.key
+                    else "an older bitsearch (float biases)" if theirs.get("format_version") != FORMAT_VERSION
+                    else "other settings")
             raise FinetuneError(f"{checkpoint}: a checkpoint from {what} (task {theirs.get('task')!r}, model "
                                 f"{theirs.get('fingerprint')}); remove it or pass --restart to start over")
     with torch.random.fork_rng(devices=[]):
@@ -318,9 +323,9 @@ def read_saved(path: str | os.PathLike) -> dict:
     data = _load(Path(path), "fine-tuned model")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FinetuneError(f"{path}: not a bitsearch fine-tuned model (written by 'bitsearch finetune')")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise FinetuneError(f"{path}: format version {data.get('format_version')!r} is not supported "
-                            f"(this bitsearch reads {FORMAT_VERSION})")
+                            f"(this bitsearch reads {', '.join(map(str, READABLE_VERSIONS))})")
     return data
 
 
@@ -349,6 +354,7 @@ def load_finetuned(path: str | os.PathLike, task, *, saved: dict | None = None):
         act_bits = int(entry["act_bits"]) or None
         layer = learnable_layer(module, entry["bits"], act_bits, act_signed=bool(entry["act_signed"]),
                                 act_clip=float(entry["act_clip"]), layer_name=name)
+        layer.integer_bias = data["format_version"] >= 2  # version 1 was fine-tuned with float biases
         with torch.no_grad():
             if "values" in entry:
                 weight = entry["values"].to(torch.float32) * entry["scales"].reshape(

@@ -14,8 +14,9 @@ from bitsearch import finetune as ft  # noqa: E402
 from bitsearch.cli import main  # noqa: E402
 from bitsearch.policy import Policy, save_policy  # noqa: E402
 from bitsearch.quant import apply_policy, fake_quantize_weight, quantize_weight_int  # noqa: E402
+from bitsearch.quant.deploy import freeze  # noqa: E402
 from bitsearch.quant.learnable import (  # noqa: E402
-    LSQLinear, grad_scale, learnable_layer, lipschitz_penalty, to_learnable,
+    LSQLinear, grad_scale, learnable_layer, learnable_modules, lipschitz_penalty, to_learnable,
 )
 from bitsearch.tasks import get_task  # noqa: E402
 
@@ -85,10 +86,34 @@ def test_learnable_starts_at_the_post_training_model():
     for name, module in dict(qmodel.named_modules()).items():
         if hasattr(module, "weight_bits"):
             assert torch.equal(module.quantized_weight(), fake_quantize_weight(module.weight, module.weight_bits))
+    rounded = freeze(qmodel, integer_bias=True)(data.x_test[:200]).detach()
     model = to_learnable(qmodel).eval()
+    learnable = dict(learnable_modules(model))
+    assert learnable and all(m.bias_step() is not None for m in learnable.values())
+    # it adds its biases on the int32 accumulator grid, as the integer runtime does ...
     got = model(data.x_test[:200]).detach()
-    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.allclose(got, rounded, atol=1e-4)
+    assert not torch.allclose(got, want, atol=1e-4)  # at 3 bits the grid is coarse enough to show
+    for m in learnable.values():
+        step = m.bias_step()
+        assert torch.equal(m.quantized_bias().detach(), torch.round(m.bias.detach() / step) * step)
+    # ... and with that off, it computes the post-training model
+    for m in learnable.values():
+        m.integer_bias = False
+    assert torch.allclose(model(data.x_test[:200]).detach(), want, atol=1e-4)
     assert any(isinstance(m, LSQLinear) for m in model.modules())
+
+
+def test_bias_rounding_passes_the_gradient_straight_through():
+    layer = learnable_layer(torch.nn.Linear(3, 2), 2, 8, act_clip=1.0)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([0.1234, -0.0567]))
+    x = torch.rand(5, 3)
+    layer(x).sum().backward()
+    assert torch.allclose(layer.bias.grad, torch.full((2,), 5.0))
+    step = layer.bias_step()
+    assert torch.allclose(step, (torch.tensor(1.0) / 255) * layer.step().detach())
+    assert not torch.equal(layer.quantized_bias().detach(), layer.bias.detach())
 
 
 def test_lipschitz_penalty_is_zero_for_orthonormal_rows():

@@ -13,8 +13,9 @@ from .common import check_outputs, seed_arg, threads_arg
 
 DESCRIPTION = """\
 Fine-tune the task's model at the policy's widths: LSQ step sizes for weights, PACT
-clipping for activations (both start from the post-training quantizers), AdamW under a
-cyclic learning rate (8 discrete exponential levels per cycle, lr/1000 .. lr), optionally
+clipping for activations (both start from the post-training quantizers), biases on the
+int32 accumulator grid of each integer layer (as an integer runtime adds them), AdamW under
+a cyclic learning rate (8 discrete exponential levels per cycle, lr/1000 .. lr), optionally
 a Lipschitz-style regularizer on the weights.  Writes the integer model (weights, scales,
 activation quantizers, the policy) to --out, loadable with torch.load(weights_only=True)
 and scored by 'bitsearch eval POLICY --task T --model OUT'.

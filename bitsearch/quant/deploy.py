@@ -17,7 +17,8 @@ forward then has no branch on a tensor's value:
 * weight: ``dequantize_per_channel`` of the integer weights (int8 up to 8 bits, int16 up to
   16; a kernel narrower than its layer keeps its own scale and range, never widened), or
   the float weight of a layer kept in float;
-* the layer's own op (convolution or linear) in float32, bias in float.
+* the layer's own op (convolution or linear) in float32, bias in float (a fine-tuned layer's
+  bias already on its int32 accumulator grid, see :mod:`bitsearch.quant.learnable`).
 
 These are the ``quantized_decomposed`` ops that torch's ONNX exporter translates into
 ``QuantizeLinear`` / ``Clip`` / ``DequantizeLinear``.  In torch the frozen model computes
@@ -197,8 +198,10 @@ def freeze(qmodel: nn.Module, *, integer_bias: bool = False) -> nn.Module:
     from fine-tuning) are frozen: integer weights, fixed input quantizers (see the module
     docstring).  ``qmodel`` is untouched.  ``integer_bias``: round every bias as
     onnxruntime's integer kernels do (:func:`round_bias_to_accumulator`), to predict their
-    numbers.  Raises :class:`QuantizationError` for a layer with quantized activations that
-    was never calibrated."""
+    numbers; a fine-tuned layer that adds its bias on that grid (``bias_step()``) is rounded
+    either way, so the frozen model computes what it computed.  Raises
+    :class:`QuantizationError` for a layer with quantized activations that was never
+    calibrated."""
     from .learnable import LearnableQuantMixin
 
     _quantized_decomposed()  # registered before anything traces the forward (the exporter looks its ops up first)
@@ -211,7 +214,8 @@ def freeze(qmodel: nn.Module, *, integer_bias: bool = False) -> nn.Module:
         for base, cls in FROZEN_CLASSES:
             if isinstance(module, base):
                 layer = cls.build(module, integer, act, layer_name=name)
-                if integer_bias and layer.bias is not None:
+                learned_grid = isinstance(module, LearnableQuantMixin) and module.bias_step() is not None
+                if (integer_bias or learned_grid) and layer.bias is not None:
                     layer.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
                     round_bias_to_accumulator(layer)
                 break

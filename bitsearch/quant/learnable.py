@@ -16,6 +16,12 @@ PACT clipping levels for activations.
   ``2**(b-1) - 1`` steps each side (the conventions of ``activation_qparams``).  The
   gradient to ``alpha`` is PACT's: 1 where the input is clipped, 0 inside.  ``alpha``
   starts at the calibrated range.
+* **Bias (integer)**: a layer with integer weights and a quantized input adds its bias on the
+  int32 grid of its accumulator, one step ``s_x * s_k`` per kernel (straight-through round),
+  as HAWQ-V3's integer-only inference does and as onnxruntime's integer kernels
+  (``QLinearConv``, ``QGemm``) round a float bias before they add it.  Fine-tuning learns
+  under that rounding, so the exported model computes what the fine-tuned one computed.
+  ``integer_bias = False`` (a model saved in the first fine-tuned format) adds it in float.
 
 A learnable layer keeps the float layer's ``weight`` and ``bias`` parameters under their
 names, so the rest of a state dict is unchanged; its extra state is the parameters
@@ -64,6 +70,7 @@ class LearnableQuantMixin:
         self.weight_step = nn.Parameter(step.to(device=device, dtype=torch.float32))
         self.act_clip = nn.Parameter(torch.tensor(float(act_clip), dtype=torch.float32, device=device))
         self.layer_name = layer_name
+        self.integer_bias = True
 
     # --- widths ------------------------------------------------------------------------------
     @property
@@ -97,6 +104,27 @@ class LearnableQuantMixin:
             raise QuantizationError(f"layer {self.layer_name!r} keeps float weights: it has no integer form")
         return quantize_weight_int(self.weight, self.weight_bits, scale=self.step().detach())
 
+    def bias_step(self) -> torch.Tensor | None:
+        """The int32 accumulator grid of the bias, one step ``s_x * s_k`` per kernel (input
+        scale times weight step, in float32, as an integer runtime computes it), or None when
+        the bias stays float (no bias, float weights, float input, or ``integer_bias`` off)."""
+        if self.bias is None or not self.integer_bias or self.weight_is_float or self.act_bits is None:
+            return None
+        _, qmax = self.act_range()
+        act_scale = (torch.clamp(self.act_clip, min=MIN_STEP) / qmax).detach()
+        return act_scale * self.step().detach()
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        """The bias the layer adds: on the accumulator grid of :meth:`bias_step` (rounded with
+        a straight-through gradient, clamped to int32), as HAWQ-V3's integer-only inference
+        and onnxruntime's ``QLinearConv``/``QGemm`` add it; the float bias otherwise."""
+        step = self.bias_step()
+        if step is None:
+            return self.bias
+        info = torch.iinfo(torch.int32)
+        q = torch.clamp(torch.round(self.bias.detach() / step), info.min, info.max)
+        return q * step + (self.bias - self.bias.detach())  # the value is q * step exactly: b - b is 0
+
     # --- activations -------------------------------------------------------------------------
     def act_range(self) -> tuple[int, int]:
         b = self.act_bits
@@ -128,12 +156,13 @@ class LearnableQuantMixin:
     def _extra_learnable_repr(self) -> str:
         w = describe_weight_bits(self.weight_bits)
         a = "float" if self.act_bits is None else f"{self.act_bits} ({'signed' if bool(self.act_signed) else 'unsigned'})"
-        return f"weight_bits={w}, act_bits={a}, LSQ+PACT"
+        bias = ", int32 bias" if self.bias_step() is not None else ""
+        return f"weight_bits={w}, act_bits={a}, LSQ+PACT{bias}"
 
 
 class _LSQConvMixin(LearnableQuantMixin):
     def forward(self, x):
-        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.quantized_bias())
 
 
 class LSQConv1d(_LSQConvMixin, nn.Conv1d):
@@ -148,7 +177,7 @@ class LSQLinear(LearnableQuantMixin, nn.Linear):
     """A ``Linear`` with LSQ weights and a PACT input quantizer."""
 
     def forward(self, x):
-        return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return F.linear(self.quantize_input(x), self.quantized_weight(), self.quantized_bias())
 
 
 LEARNABLE_CLASSES = ((nn.Conv1d, LSQConv1d), (nn.Conv2d, LSQConv2d), (nn.Linear, LSQLinear))
