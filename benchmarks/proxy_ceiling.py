@@ -33,8 +33,7 @@ from pathlib import Path
 
 from bitsearch._io import atomic_write_text
 
-PROXIES = (("sensitivity", "loss on the 512 sensitivity samples"), ("train", "loss on the whole training split"),
-           ("test", "loss on the test split"))
+PROXIES = ("sensitivity", "train", "test")  # the samples each loss is measured on (see the docstring)
 
 
 def policy_text(policy) -> str:
@@ -63,16 +62,17 @@ def measure_cell_policies(task: str, act: str, budget: str, progress, memo: dict
     within = [policy for policy in Encoding(problem.space).every_policy() if problem.fits(policy)]
     rows = []
     for i, policy in enumerate(within, start=1):
-        if policy_text(policy) in memo:
-            rows.append(memo[policy_text(policy)])
+        text = policy_text(policy)
+        if text in memo:
+            rows.append(memo[text])
             continue
         qmodel = evaluator.quantized_model(policy)
         with single_thread(True):
             row = {name: _mean_loss(qmodel, batches, loss=evaluator.loss) for name, batches in sets.items()}
         row["top1"] = evaluator.score_model(qmodel)["top1"]
-        row["policy"] = policy_text(policy)
+        row["policy"] = text
         rows.append(row)
-        memo[row["policy"]] = row
+        memo[text] = row
         progress(f"{task} act={act} {budget}", i, len(within))
     meta = {"policies": len(within), "of": problem.space.num_policies(), "train_samples": len(data.x_train),
             "test_samples": len(data.x_test), "sensitivity_samples": settings["samples"]}
@@ -101,7 +101,7 @@ def iqp_runs(bench: Path) -> dict:
 def summarise(rows: list[dict]) -> dict:
     oracle = max(rows, key=lambda r: r["top1"])
     cell = {"oracle": {"policy": oracle["policy"], "top1": oracle["top1"]}}
-    for name, _ in PROXIES:
+    for name in PROXIES:
         pick = min(rows, key=lambda r: r[name])
         cell[name] = {"policy": pick["policy"], "top1": pick["top1"], "regret_pp": 100 * (oracle["top1"] - pick["top1"])}
     return cell
@@ -120,7 +120,7 @@ def render(cells: list[dict], command: str) -> str:
         iqp_cells = (f"{iqp['policy']} | {iqp['regret_pp']:+.2f} pp" if iqp else "– | –")
         lines.append(f"| {c['task']} | {c['act']} | {c['budget']} | {c['policies']} | {c['oracle']['policy']} "
                      f"{100 * c['oracle']['top1']:.2f}% | " +
-                     " | ".join(f"{c[name]['regret_pp']:+.2f} pp ({c[name]['policy']})" for name, _ in PROXIES) +
+                     " | ".join(f"{c[name]['regret_pp']:+.2f} pp ({c[name]['policy']})" for name in PROXIES) +
                      f" | {iqp_cells} |")
     over = [c for c in cells if c["test"]["regret_pp"] > 0.5 + 1e-9]
     lines += ["", f"Cells where even the test loss's argmin misses the oracle by more than 0.5 pp: {len(over)} of {len(cells)}"

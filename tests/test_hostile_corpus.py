@@ -380,6 +380,8 @@ def _single_array(d, base):
 for name, (edit, needle) in NPZ_CASES.items():
     setup = _single_array if edit is None else _npz(edit)
     case(f"problem-npz-{name}", SEARCH + ["--problem", "{d}/bad.npz"], setup, needle=needle)
+
+
 def _damaged_member(d, base):
     """A compressed archive whose sensitivity member's deflate stream is broken (zlib's own
     error, which the fuzz found escaping as a traceback)."""

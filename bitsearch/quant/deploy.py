@@ -39,7 +39,8 @@ from torch import nn
 
 from ..errors import QuantizationError
 from .functional import (
-    ActivationQParams, IntegerWeight, activation_qparams, integer_container, replace_modules, signed_qmax,
+    ActivationQParams, IntegerWeight, activation_qparams, bias_on_accumulator_grid, integer_container, replace_modules,
+    signed_qmax,
 )
 from .modules import QuantMixin, _build_on_meta, describe_weight_bits
 
@@ -188,9 +189,7 @@ def round_bias_to_accumulator(layer: FrozenQuantMixin) -> None:
         return
     with torch.no_grad():
         step = torch.tensor(layer.act.scale, dtype=torch.float32) * layer.weight_scale
-        info = torch.iinfo(torch.int32)
-        q = torch.clamp(torch.round(layer.bias / step), info.min, info.max)
-        layer.bias.copy_(q * step)
+        layer.bias.copy_(bias_on_accumulator_grid(layer.bias, step))
 
 
 def freeze(qmodel: nn.Module, *, integer_bias: bool = False) -> nn.Module:

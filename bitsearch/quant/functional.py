@@ -278,6 +278,13 @@ def quantize_activation_int(x: torch.Tensor, qparams: ActivationQParams) -> torc
         return torch.clamp(torch.round(x.to(torch.float32) * inv), qparams.qmin, qparams.qmax).to(torch.int32)
 
 
+def bias_on_accumulator_grid(bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """``bias`` rounded to the int32 accumulator grid ``step`` (one per kernel: input scale
+    times weight scale), clamped to int32, as an integer kernel adds it: ``q * step``."""
+    info = torch.iinfo(torch.int32)
+    return torch.clamp(torch.round(bias / step), info.min, info.max) * step
+
+
 # --- module surgery shared by the forward paths ----------------------------------------------
 def replace_modules(model, replacements):
     """Put ``replacements[id(old)]`` wherever ``old`` is registered (a shared module may be

@@ -39,8 +39,8 @@ from torch import nn
 
 from ..errors import QuantizationError
 from .functional import (
-    IntegerWeight, fake_quantize, kernel_bits_tensor, per_kernel, quantize_weight_int, replace_modules, signed_qmax,
-    unsigned_qmax, weight_bits_are_float, weight_scales,
+    IntegerWeight, bias_on_accumulator_grid, fake_quantize, kernel_bits_tensor, per_kernel, quantize_weight_int,
+    replace_modules, signed_qmax, unsigned_qmax, weight_bits_are_float, weight_scales,
 )
 from .modules import QuantMixin, _build_on_meta, describe_weight_bits
 
@@ -121,9 +121,8 @@ class LearnableQuantMixin:
         step = self.bias_step()
         if step is None:
             return self.bias
-        info = torch.iinfo(torch.int32)
-        q = torch.clamp(torch.round(self.bias.detach() / step), info.min, info.max)
-        return q * step + (self.bias - self.bias.detach())  # the value is q * step exactly: b - b is 0
+        grid = bias_on_accumulator_grid(self.bias.detach(), step)
+        return grid + (self.bias - self.bias.detach())  # the value is the grid's exactly: b - b is 0
 
     # --- activations -------------------------------------------------------------------------
     def act_range(self) -> tuple[int, int]:
