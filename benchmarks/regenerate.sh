@@ -40,6 +40,10 @@ STEPS=(
   "readme_tables|README.md's <!-- bench-tables --> block, from the four table suites above|acc"
   "finetune|finetune_mnist1d/*.json|acc"
   "reproducibility|reproducibility/{report.md,results.json}|acc"
+  "crosslayer_act8|crosslayer_act8/ (docs/crosslayer.md: iqp against the oracle, acts 8 bits)|acc+time"
+  "crosslayer_float|crosslayer_float/ (docs/crosslayer.md: iqp against the oracle, acts float)|acc+time"
+  "crosslayer_kernel|crosslayer_kernel/ (docs/crosslayer.md: kernel-wise iqp and ilp)|acc+time"
+  "proxy_ceiling|proxy_ceiling/{README.md,results.json}: the ceiling of a loss proxy, beside crosslayer_*'s iqp|acc"
   "onnx_accuracy|onnx_accuracy/{README.md,results.json}: onnxruntime vs bitsearch eval (docs/deploy.md)|acc"
   "onnx_latency|onnx_latency/: the onnxruntime latency table, the latency search and its measured latency|time"
   "tiny_llama|tiny_llama.{json,md}, tiny_llama_pareto.png (README, docs/llm.md)|acc+time"
@@ -62,6 +66,7 @@ HAND_WRITTEN="
   benchmarks/results/finetune_mnist1d/README.md          <- finetune_mnist1d/*.json
   benchmarks/results/latency_cpu/README.md               <- latency_cpu/*.csv
   docs/deploy.md (onnxruntime accuracy and latency)       <- onnx_accuracy/README.md, onnx_latency/README.md
+  docs/crosslayer.md ('Measured' tables and prose)        <- crosslayer_*/report.md, proxy_ceiling/README.md
   benchmarks/mnist_lenet5.toml and readme_tables.py text <- float_models/report.md (mnist-lenet5 top-1)"
 
 usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -121,6 +126,13 @@ step() {
       run python benchmarks/float_models.py --out "$RESULTS/float_models" ;;
     mnist1d_layer|mnist_lenet5|mnist1d_kernel|width_vs_mixed|ilp_mnist1d|fracbits_mnist1d|rl_mnist1d|scale)
       bench "$name" ;;
+    crosslayer_act8|crosslayer_float|crosslayer_kernel)
+      bench "$name" ;;
+    proxy_ceiling)  # after the crosslayer suites: it reads their iqp runs from RESULTS
+      if [ "$QUICK" = 1 ]; then
+        run python benchmarks/proxy_ceiling.py --bench "$RESULTS" --out "$RESULTS/proxy_ceiling" --tasks digits-cnn \
+            --acts 8 --budgets size=2.5bit
+      else run python benchmarks/proxy_ceiling.py --bench "$RESULTS" --out "$RESULTS/proxy_ceiling"; fi ;;
     readme_tables)
       if [ "$QUICK" = 1 ]; then run python benchmarks/readme_tables.py --check  # reads benchmarks/results
       else run python benchmarks/readme_tables.py; fi ;;
