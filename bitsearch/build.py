@@ -95,8 +95,8 @@ def problem_for_task(task, space_options: SpaceOptions = SpaceOptions(),
         from . import sensitivity as sensitivity_module
 
         source = task if evaluator is None or evaluator.finetune_epochs else evaluator
-        sensitivity = sensitivity_module.estimate(source, space, options.sensitivity,
-                                                  width_mult=options.width_mult, **options.sensitivity_settings)
+        sensitivity = sensitivity_module.estimate(source, space, options.sensitivity, width_mult=options.width_mult,
+                                                  progress=progress, **options.sensitivity_settings)
     if budgets_from is not None:
         problem = Problem.build(space, (), evaluator=evaluator, sensitivity=sensitivity,
                                 latency_table=options.latency_table, task=task.name)
@@ -230,7 +230,7 @@ def problem_for_trained(trained: TrainedModel, space_options: SpaceOptions | Sea
         from . import sensitivity as sensitivity_module
 
         source = model_evaluator if not options.finetune_epochs else trained.evaluator()
-        sensitivity = sensitivity_module.estimate(source, space, options.sensitivity,
+        sensitivity = sensitivity_module.estimate(source, space, options.sensitivity, progress=progress,
                                                   **options.sensitivity_settings)
     if evaluator is not None:
         evaluator.float_metrics()  # a metric evaluate does not return fails here, before any search

@@ -230,8 +230,9 @@ def validate(problem, n: int, *, seed: int = 0, methods: Sequence[str] | None = 
         report("sensitivity tables", k, len(methods), method)
         table = tables.get(method)
         if table is None:
-            table = sensitivity_module.estimate(table_source if table_source is not None else evaluator,
-                                                problem.space, method, width_mult=width_mult)
+            table = sensitivity_module.estimate(
+                table_source if table_source is not None else evaluator, problem.space, method, width_mult=width_mult,
+                progress=lambda step, done, total, detail, _m=method: report(f"{_m}: {step}", done, total, detail))
         table.check_covers(problem.space)
         predicted = [table.predicted_loss(problem.space, p) for p in policies]
         row = {"spearman": spearman(predicted, measured), "kendall": kendall(predicted, measured),

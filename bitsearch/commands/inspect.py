@@ -187,11 +187,13 @@ def _write_problem(space, task, args) -> None:
         raise UserInputError("--write-problem needs --sensitivity METHOD: the problem file carries sensitivities")
     from .. import sensitivity as sensitivity_module
     from ..problem import Problem
+    from ..progress import progress_enabled
     from ..tabular import write_problem
 
     from ..build import TrainedModel
 
     source = task.evaluator() if isinstance(task, TrainedModel) else task
-    table = sensitivity_module.estimate(source, space, args.sensitivity, width_mult=args.width_mult)
+    table = sensitivity_module.estimate(source, space, args.sensitivity, width_mult=args.width_mult,
+                                        progress=progress_enabled())
     write_problem(Problem.build(space, (), sensitivity=table, task=task.name), args.write_problem, parents=False)
     print(f"wrote {args.write_problem}", file=sys.stderr)

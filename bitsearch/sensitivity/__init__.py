@@ -95,7 +95,7 @@ def cache_path(source, space, method: str, *, width_mult: float = 1.0, seed: int
 
 
 def estimate(source, space, method: str = "hessian", *, width_mult: float = 1.0, samples: int | None = None,
-             seed: int = 0, cache: bool = True, **settings) -> SensitivityTable:
+             seed: int = 0, cache: bool = True, progress=False, **settings) -> SensitivityTable:
     """The sensitivity table of ``source``'s trained model over ``space`` by ``method``.
 
     ``source``: a Task, a task name, or a model evaluator (a task's
@@ -103,7 +103,10 @@ def estimate(source, space, method: str = "hessian", *, width_mult: float = 1.0,
     of :func:`bitsearch.problem_for_model`: its calibration batches and loss are used).
     ``samples``: samples used (default 512).  Method settings: ``probes`` (hessian,
     default 64), ``groups`` (empirical per kernel, default 8), ``batch_size``.  ``cache``:
-    read and write the on-disk cache (only for sources with a ``cache_key``).
+    read and write the on-disk cache (only for sources with a ``cache_key``).  ``progress``:
+    True draws a bar per step of the estimate on a terminal (what the commands pass), or a
+    callable ``progress(step, done, total, detail)`` is told each step (see
+    :class:`bitsearch.progress.StepBars`); a table read from the cache reports nothing.
     """
     from ..errors import UserInputError
 
@@ -122,7 +125,17 @@ def estimate(source, space, method: str = "hessian", *, width_mult: float = 1.0,
             pass
     from .estimators import compute
 
-    table = compute(evaluator, space, method, samples=settings["samples"], seed=seed, settings=settings)
+    bars = None
+    if progress and not callable(progress):
+        from ..progress import StepBars
+
+        progress = bars = StepBars(f"sensitivity ({method}): ")
+    try:
+        table = compute(evaluator, space, method, samples=settings["samples"], seed=seed, settings=settings,
+                        progress=progress or None)
+    finally:
+        if bars is not None:
+            bars.close()
     if path is not None:
         from .._io import atomic_write_text
 

@@ -165,12 +165,13 @@ def _restore(state) -> None:
 
 # --- hessian ----------------------------------------------------------------------------------
 def hutchinson_traces(model: nn.Module, modules: Mapping[str, nn.Module], batches, *, probes: int,
-                      seed: int, with_variance: bool = False, loss: LossFn = cross_entropy_loss):
+                      seed: int, with_variance: bool = False, loss: LossFn = cross_entropy_loss, progress=None):
     """Per layer, the Hutchinson estimate of the trace of each kernel's diagonal Hessian
     block of the mean training loss (the layer's trace is their sum).
 
     With ``with_variance``, also the variance of each kernel's estimate (from the spread
-    of the probes), as a second dict."""
+    of the probes), as a second dict.  ``progress(step, done, total, detail)``: told after
+    each probe."""
     names = list(modules)
     weights = [modules[n].weight for n in names]
     frozen = _float_params(model)
@@ -183,16 +184,18 @@ def hutchinson_traces(model: nn.Module, modules: Mapping[str, nn.Module], batche
     try:
         for w in weights:
             w.requires_grad_(True)
-        for batch, size in zip(batches, sizes):
+        for i, (batch, size) in enumerate(zip(batches, sizes)):
             loss = loss_fn(model, batch)
             grads = torch.autograd.grad(loss, weights, create_graph=True)
             share = size / total
             samples = {n: [] for n in names}
-            for _ in range(probes):
+            for k in range(probes):
                 vs = [torch.randint(0, 2, w.shape, generator=generator).to(w.dtype) * 2 - 1 for w in weights]
                 hvs = torch.autograd.grad(grads, weights, grad_outputs=vs, retain_graph=True)
                 for n, v, hv in zip(names, vs, hvs):
                     samples[n].append((v * hv).reshape(v.shape[0], -1).sum(dim=1).double().detach())
+                if progress is not None:
+                    progress("Hessian traces", i * probes + k + 1, len(batches) * probes, "Hutchinson probes")
             for n in names:
                 stacked = torch.stack(samples[n])
                 sums[n] += stacked.mean(dim=0) * share
@@ -222,10 +225,10 @@ def shrink_kernel_traces(traces: np.ndarray, variances: np.ndarray) -> np.ndarra
 
 
 def hessian_table(model, space, batches, *, probes: int, seed: int,
-                  loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
+                  loss: LossFn = cross_entropy_loss, progress=None) -> dict[str, np.ndarray]:
     modules = _modules(model, space)
     traces, variances = hutchinson_traces(model, modules, batches, probes=probes, seed=seed, with_variance=True,
-                                          loss=loss)
+                                          loss=loss, progress=progress)
     out = {}
     for layer in space.layers:
         errors = quantization_errors(modules[layer.name].weight, space.weight_bits, space.scale_group)
@@ -242,7 +245,8 @@ def hessian_table(model, space, batches, *, probes: int, seed: int,
 
 # --- bitgrad ----------------------------------------------------------------------------------
 def bit_gradients(model, modules, batches, bits_grid: Sequence[int],
-                  loss: LossFn = cross_entropy_loss, scale_group: int | None = None) -> dict[str, np.ndarray]:
+                  loss: LossFn = cross_entropy_loss, scale_group: int | None = None,
+                  progress=None) -> dict[str, np.ndarray]:
     """Per layer, ``dL/db`` per kernel at each width of ``bits_grid`` but the last
     (shape ``(kernels, len(bits_grid) - 1)``), the layer relaxed alone.
 
@@ -255,7 +259,7 @@ def bit_gradients(model, modules, batches, bits_grid: Sequence[int],
     total = sum(sizes)
     out = {}
     try:
-        for name, module in modules.items():
+        for done, (name, module) in enumerate(modules.items(), start=1):
             w = module.weight.detach()
             grads = np.zeros((w.shape[0], len(bits_grid) - 1))
             with torch.no_grad():
@@ -270,12 +274,14 @@ def bit_gradients(model, modules, batches, bits_grid: Sequence[int],
                     accumulated += g.double()
                 grads[:, j] = (accumulated * step.double()).reshape(w.shape[0], -1).sum(dim=1).numpy()
             out[name] = grads
+            if progress is not None:
+                progress("bit gradients", done, len(modules), name)
     finally:
         _restore(frozen)
     return out
 
 
-def bitgrad_table(model, space, batches, loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
+def bitgrad_table(model, space, batches, loss: LossFn = cross_entropy_loss, progress=None) -> dict[str, np.ndarray]:
     from .. import formats
 
     named = [b for b in space.weight_bits if formats.is_named(b)]
@@ -285,7 +291,7 @@ def bitgrad_table(model, space, batches, loss: LossFn = cross_entropy_loss) -> d
     modules = _modules(model, space)
     low, high = min(space.weight_bits), max(space.weight_bits)
     grid = list(range(low, high + 1))
-    grads = bit_gradients(model, modules, batches, grid, loss, space.scale_group)
+    grads = bit_gradients(model, modules, batches, grid, loss, space.scale_group, progress=progress)
     out = {}
     for layer in space.layers:
         saved = np.maximum(-grads[layer.name], 0.0)             # loss saved by bit c+1, per kernel
@@ -298,11 +304,13 @@ def bitgrad_table(model, space, batches, loss: LossFn = cross_entropy_loss) -> d
 
 # --- empirical --------------------------------------------------------------------------------
 def empirical_table(model, space, batches, *, groups: int,
-                    loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
+                    loss: LossFn = cross_entropy_loss, progress=None) -> dict[str, np.ndarray]:
     modules = _modules(model, space)
     base = _mean_loss(model, batches, loss=loss)
     out = {}
-    for layer in space.layers:
+    for done, layer in enumerate(space.layers):
+        if progress is not None:  # the layer being measured
+            progress("quantizing each layer alone", done, len(space.layers), layer.name)
         w = modules[layer.name].weight.detach()
         key = f"{layer.name}.weight"
         errors = quantization_errors(w, space.weight_bits, space.scale_group)
@@ -332,6 +340,8 @@ def empirical_table(model, space, batches, *, groups: int,
                 total = share.sum()
                 table[lo:hi, j] = increase * (share / total if total > 0 else 1.0 / (hi - lo))
         out[layer.name] = table
+    if progress is not None:
+        progress("quantizing each layer alone", len(space.layers), len(space.layers), "")
     return out
 
 
@@ -345,7 +355,8 @@ def _calibration_inputs(calibration):
         yield batch_inputs(batch) if isinstance(batch, (tuple, list)) else batch
 
 
-def activation_table(model, space, batches, calibration, loss: LossFn = cross_entropy_loss) -> dict[str, np.ndarray]:
+def activation_table(model, space, batches, calibration, loss: LossFn = cross_entropy_loss,
+                     progress=None) -> dict[str, np.ndarray]:
     """Per layer, the loss increase with that layer's input alone quantized at each
     activation width (weights float).  Ranges are the min/max of each layer's input over
     ``calibration`` (the float model), quantized as :mod:`bitsearch.quant` does
@@ -388,15 +399,18 @@ def activation_table(model, space, batches, calibration, loss: LossFn = cross_en
             finally:
                 handle.remove()
         out[layer.name] = np.array(row)
+        if progress is not None:
+            progress("activation widths", len(out), len(space.layers), layer.name)
     return out
 
 
 # --- the entry point --------------------------------------------------------------------------
 def compute(source, space: SearchSpace, method: str, *, samples: int, seed: int,
-            settings: Mapping) -> SensitivityTable:
+            settings: Mapping, progress=None) -> SensitivityTable:
     """The table of ``method`` for ``source``'s trained float model: a model evaluator
     (:class:`bitsearch.problem.ModelEvaluator`: its ``model``, ``loss``,
-    ``sensitivity_batches`` and ``calibration``), on one CPU thread."""
+    ``sensitivity_batches`` and ``calibration``), on one CPU thread.  ``progress(step,
+    done, total, detail)``: told as each step of the estimate goes on."""
     from ..evaluate import single_thread
 
     if method not in METHODS:
@@ -415,21 +429,21 @@ def compute(source, space: SearchSpace, method: str, *, samples: int, seed: int,
                 from .interactions import pairwise_table
 
                 table = pairwise_table(source, space, samples=int(samples), seed=int(seed),
-                                       settings={**DEFAULTS["pairwise"], **settings})
+                                       settings={**DEFAULTS["pairwise"], **settings}, progress=progress)
                 if space.act_searched:
                     table = replace(table, act_bits=space.act_bits,
-                                    act=activation_table(model, space, batches, source.calibration, loss))
+                                    act=activation_table(model, space, batches, source.calibration, loss, progress))
                 return table
             if method == "hessian":
-                weight = hessian_table(model, space, batches, seed=seed, loss=loss,
+                weight = hessian_table(model, space, batches, seed=seed, loss=loss, progress=progress,
                                        probes=int(settings.get("probes", DEFAULTS["hessian"]["probes"])))
             elif method == "bitgrad":
-                weight = bitgrad_table(model, space, batches, loss)
+                weight = bitgrad_table(model, space, batches, loss, progress=progress)
             else:
-                weight = empirical_table(model, space, batches, loss=loss,
+                weight = empirical_table(model, space, batches, loss=loss, progress=progress,
                                          groups=int(settings.get("groups", DEFAULTS["empirical"]["groups"])))
             act = {}
             if space.act_searched:
-                act = activation_table(model, space, batches, source.calibration, loss)
+                act = activation_table(model, space, batches, source.calibration, loss, progress)
     return SensitivityTable(space.weight_bits, weight, space.act_bits if space.act_searched else (), act,
                             method=method)

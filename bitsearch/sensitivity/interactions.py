@@ -114,16 +114,23 @@ def measure_terms(probe, space, units, chosen: Mapping[tuple[int, int], str], *,
     """``(base, singles, terms)`` relative to the probe's reference: ``singles[u]`` over the
     space's weight widths, ``terms[(u, v)]`` a (widths, widths) matrix for each chosen pair.
     ``measured``: ``(base, singles)`` already measured.  All forward passes go through
-    ``probe`` (batched)."""
+    ``probe`` (batched: each unit's widths, each pair's width pairs share passes).
+    ``progress(step, done, total, detail)``: told as the units and then each pair are
+    measured."""
     bits = list(space.weight_bits)
 
     def config(unit, width):
         return {name: width for name in units[unit]}
 
+    def told(step, done, total, detail):
+        if progress is not None:
+            progress(step, done, total, "; ".join(filter(None, (detail, f"{probe.passes:,} forward passes"))))
+
     if measured is None:
         base = probe.loss({})
         single_configs = [config(u, b) for u in range(len(units)) for b in bits]
-        singles = probe.losses(single_configs).reshape(len(units), len(bits)) - base
+        singles = probe.losses(single_configs, progress=lambda done, total: told(
+            "single units", done, total, "")).reshape(len(units), len(bits)) - base
     else:
         base, singles = measured
     terms = {}
@@ -131,8 +138,7 @@ def measure_terms(probe, space, units, chosen: Mapping[tuple[int, int], str], *,
         configs = [{**config(u, p), **config(v, q)} for p in bits for q in bits]
         joint = probe.losses(configs).reshape(len(bits), len(bits)) - base
         terms[(u, v)] = joint - singles[u][:, None] - singles[v][None, :]
-        if progress is not None:
-            progress(k + 1, len(chosen))
+        told("pairs of units", k + 1, len(chosen), f"{units[u][0]} x {units[v][0]}")
     return base, singles, terms
 
 
@@ -152,7 +158,7 @@ def pairwise_table(evaluator, space, *, samples: int, seed: int, settings: Mappi
     probe = LossProbe(evaluator, space, samples=samples, batch_size=int(settings["batch_size"]), seed=seed)
     units = units_of(space)
     bits = list(space.weight_bits)
-    base, singles, _ = measure_terms(probe, space, units, {})
+    base, singles, _ = measure_terms(probe, space, units, {}, progress=progress)
     shared = set()
     n_pairs = len(units) * (len(units) - 1) // 2
     if settings["pairs"] == "auto" and n_pairs > int(settings["max_pairs"]):

@@ -187,8 +187,10 @@ class LossProbe:
         """The mean loss of a whole policy of the space."""
         return self.loss({name: policy[name].weight_bits for name in self.free})
 
-    def losses(self, configs: Iterable[Mapping[str, object]]) -> np.ndarray:
-        """The mean loss of each configuration (batched where they change the same layers)."""
+    def losses(self, configs: Iterable[Mapping[str, object]], progress=None) -> np.ndarray:
+        """The mean loss of each configuration (batched where they change the same layers).
+        ``progress(done, total)``: told after each set of configurations that change the
+        same layers."""
         configs = [{n: self._plain(w) for n, w in dict(c).items()} for c in configs]
         for config in configs:
             unknown = [n for n in config if n not in self.reference]
@@ -209,11 +211,13 @@ class LossProbe:
         largest = max(self.sizes) if self.sizes else 1
         per_call = max(1, self.max_batch // largest)
         with torch.no_grad():
-            for changed, members in groups.items():
+            for done, (changed, members) in enumerate(groups.items(), start=1):
                 for start in range(0, len(members), per_call):
                     chunk = members[start:start + per_call]
                     values[chunk] = self._score([dict(keys[k]) for k in chunk], changed)
-        self.passes += len(keys)
+                    self.passes += len(chunk)
+                if progress is not None:
+                    progress(done, len(groups))
         self.seconds += time.perf_counter() - started
         return values[np.array(where, dtype=int)] if where else np.empty(0)
 
