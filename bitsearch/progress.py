@@ -96,7 +96,7 @@ class SearchProgress:
     """A bar that follows a search: pass it as ``search(..., callback=SearchProgress("ilp"))``.
 
     It shows the step of every event after ``start``, the total the searcher announces,
-    and the best score so far; it never stops the search."""
+    the best score so far and the searcher's latest message; it never stops the search."""
 
     def __init__(self, description: str, enabled: bool | None = None):
         self.bar = Bar(description, enabled=enabled)
@@ -108,7 +108,8 @@ class SearchProgress:
     def __call__(self, event) -> bool:
         if not self.bar.enabled or (not self.bar.shown and event.kind in ("start", "end")):
             return True
-        postfix = f"best {event.best_score:.4g}" if event.best_score is not None else None
+        best = f"best {event.best_score:.4g}" if event.best_score is not None else ""
+        postfix = ", ".join(part for part in (best, event.message) if part) or None
         self.bar.set(event.step, total=event.total, postfix=postfix)
         if event.kind == "end":
             self.close()

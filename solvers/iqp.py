@@ -370,8 +370,17 @@ class IQPSearcher(BaseSearcher):
             if run.stopped:
                 break
             if c.reanchor and model_of != incumbent.key:
-                model_problem = replace(problem, sensitivity=_anchored_table(problem, probe, units, chosen, incumbent))
-                model_of = incumbent.key
+                def told(what, done, total, detail, _step=step):
+                    if not run.emit("progress", step=1, total=2, message=f"trust region step {_step + 1}: "
+                                                                        f"re-measuring {what} {done}/{total} ({detail})"):
+                        raise _Stopped  # the callback said stop: the incumbent stands
+
+                try:
+                    anchored = _anchored_table(problem, probe, units, chosen, incumbent, progress=told)
+                except _Stopped:
+                    log.append({"radius": radius, "result": "stopped while re-measuring"})
+                    break
+                model_problem, model_of = replace(problem, sensitivity=anchored), incumbent.key
             solution = solve_exact(model_problem, region=(incumbent, radius), **self._ilp_settings())
             candidate = solution.policy
             if candidate.key == incumbent.key:
@@ -399,6 +408,10 @@ class IQPSearcher(BaseSearcher):
                            "separable_measured_loss": loss(separable), "optimum_measured_loss": loss(optimum)}
 
 
+class _Stopped(Exception):
+    """Raised from a progress report when the search's callback asked it to stop."""
+
+
 def _has_model(problem) -> bool:
     from bitsearch.problem import ModelEvaluator, missing_members
 
@@ -423,14 +436,15 @@ def _chosen_pairs(pairwise: PairwiseTable, units) -> dict[tuple[int, int], str]:
     return out
 
 
-def _anchored_table(problem, probe, units, chosen, anchor: Policy) -> SensitivityTable:
-    """Singles and pairs measured around ``anchor`` (the model is exact within two units of it)."""
+def _anchored_table(problem, probe, units, chosen, anchor: Policy, progress=None) -> SensitivityTable:
+    """Singles and pairs measured around ``anchor`` (the model is exact within two units of it);
+    ``progress``: as :func:`bitsearch.sensitivity.interactions.measure_terms` takes it."""
     from bitsearch.sensitivity.interactions import measure_terms
 
     space = problem.space
     reference = {name: int(anchor[name].weight_bits) for unit in units for name in unit}
     probe.set_reference(reference)
-    _, singles, terms = measure_terms(probe, space, units, chosen)
+    _, singles, terms = measure_terms(probe, space, units, chosen, progress=progress)
     weight = {}
     for u, unit in enumerate(units):
         weight[unit[0]] = singles[u][None, :]

@@ -122,3 +122,25 @@ def test_trust_region_never_returns_a_worse_measured_loss_than_the_ilp():
     assert result.info["search_forward_passes"] > 0
     plain = searchers.create("iqp", trust_region=False).search(problem)
     assert plain.info["search_forward_passes"] == 0
+
+
+def test_trust_region_reports_its_re_measuring_and_stops_there_when_asked():
+    problem = steps_problem(("size=3bit",))
+    problem.ensure_sensitivity("pairwise", samples=128)
+    messages = []
+
+    def watch(event):
+        messages.append(event.message)
+        return True
+
+    searchers.create("iqp", rounds=2).search(problem, callback=watch)
+    measuring = [m for m in messages if "re-measuring" in m]
+    assert any("single units" in m for m in measuring) and any("pairs of units" in m for m in measuring)
+    assert "forward passes" in measuring[-1]
+
+    def stop_while_measuring(event):
+        return "re-measuring" not in event.message
+
+    stopped = searchers.create("iqp", rounds=2).search(problem, callback=stop_while_measuring)
+    assert stopped.stopped_early and problem.fits(stopped.policy)
+    assert stopped.info["trust_region"]["steps"][-1]["result"] == "stopped while re-measuring"

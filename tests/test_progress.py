@@ -116,3 +116,10 @@ def test_no_library_module_imports_the_command_line():
                for name in _imports(path)):
             offenders.append(str(relative))
     assert offenders == []
+
+
+def test_search_progress_shows_the_searchers_message(capsys):
+    progress = SearchProgress("iqp", enabled=True)
+    progress(SearchEvent("progress", step=1, total=2, message="trust region step 1: re-measuring pairs 3/15"))
+    progress(SearchEvent("end", step=2, total=2))
+    assert "re-measuring pairs 3/15" in capsys.readouterr().err
