@@ -217,7 +217,7 @@ def main(argv=None) -> int:
                     policy, top1, oracle = iqp[(task, act, budget)]
                     cell["iqp"] = {"policy": policy, "top1": top1,
                                    "regret_pp": 100 * ((oracle if oracle is not None else cell["oracle"]["top1"]) - top1)}
-                    mine = next((r for r in rows if r["policy"] == policy), None)
+                    mine = memo.get(policy)  # within the budget, so measured
                     if mine is not None:
                         cell["iqp"]["unseen_top1"] = mine["unseen_top1"]
                 cells.append(cell)

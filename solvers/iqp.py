@@ -439,17 +439,13 @@ def _chosen_pairs(pairwise: PairwiseTable, units) -> dict[tuple[int, int], str]:
 def _anchored_table(problem, probe, units, chosen, anchor: Policy, progress=None) -> SensitivityTable:
     """Singles and pairs measured around ``anchor`` (the model is exact within two units of it);
     ``progress``: as :func:`bitsearch.sensitivity.interactions.measure_terms` takes it."""
-    from bitsearch.sensitivity.interactions import measure_terms
+    from bitsearch.sensitivity.interactions import measure_terms, unit_weights
 
     space = problem.space
     reference = {name: int(anchor[name].weight_bits) for unit in units for name in unit}
     probe.set_reference(reference)
     _, singles, terms = measure_terms(probe, space, units, chosen, progress=progress)
-    weight = {}
-    for u, unit in enumerate(units):
-        weight[unit[0]] = singles[u][None, :]
-        for name in unit[1:]:
-            weight[name] = np.zeros((1, len(space.weight_bits)))
+    weight = unit_weights(units, singles)
     pairwise = PairwiseTable(space.weight_bits, {(units[u][0], units[v][0]): m for (u, v), m in terms.items()},
                              reference, {})
     table = problem.sensitivity

@@ -142,6 +142,18 @@ def measure_terms(probe, space, units, chosen: Mapping[tuple[int, int], str], *,
     return base, singles, terms
 
 
+def unit_weights(units, singles: np.ndarray) -> dict[str, np.ndarray]:
+    """The separable part of a layer-wise table from measured singles: each unit's row under
+    its first layer's name, zeros for the other layers of a tied group (the group is measured
+    as a whole)."""
+    weight = {}
+    for u, unit in enumerate(units):
+        weight[unit[0]] = singles[u][None, :]
+        for name in unit[1:]:
+            weight[name] = np.zeros((1, singles.shape[1]))
+    return weight
+
+
 def pairwise_table(evaluator, space, *, samples: int, seed: int, settings: Mapping, progress=None):
     """The ``pairwise`` sensitivity table of ``evaluator``'s model over ``space``.
 
@@ -157,7 +169,6 @@ def pairwise_table(evaluator, space, *, samples: int, seed: int, settings: Mappi
     started = time.perf_counter()
     probe = LossProbe(evaluator, space, samples=samples, batch_size=int(settings["batch_size"]), seed=seed)
     units = units_of(space)
-    bits = list(space.weight_bits)
     base, singles, _ = measure_terms(probe, space, units, {}, progress=progress)
     shared = set()
     n_pairs = len(units) * (len(units) - 1) // 2
@@ -175,11 +186,7 @@ def pairwise_table(evaluator, space, *, samples: int, seed: int, settings: Mappi
             "seed": int(seed), **probe.summary(), "seconds": round(time.perf_counter() - started, 3)}
     pairwise = PairwiseTable(space.weight_bits, terms, None, selected, info)
     if space.granularity == "layer":
-        weight = {}
-        for u, unit in enumerate(units):
-            weight[unit[0]] = singles[u][None, :]
-            for name in unit[1:]:
-                weight[name] = np.zeros((1, len(bits)))
+        weight = unit_weights(units, singles)
     else:
         from .estimators import empirical_table
 
